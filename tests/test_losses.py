@@ -1,0 +1,223 @@
+"""SupCon loss against a slow per-anchor reference, the paper's gradient, and its sharded form."""
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec as P
+
+from supcon_jax import losses
+
+
+def unit_features(seed: int, batch: int, views: int, dim: int = 16) -> np.ndarray:
+  x = np.random.default_rng(seed).normal(size=(batch, views, dim)).astype(np.float32)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def reference_supcon(features, labels, *, temperature, base_temperature=None,
+                     contrast_mode="all", summation="outside", denominator="all"):
+  """The loss written from its definition, one anchor at a time, in float64."""
+  batch, views, dim = features.shape
+  z = np.asarray(features, np.float64).reshape(batch * views, dim)
+  labels = np.arange(batch) if labels is None else np.asarray(labels)
+  view_labels = np.repeat(labels, views)
+  anchors = range(batch * views) if contrast_mode == "all" else range(0, batch * views, views)
+  per_anchor = []
+  for i in anchors:
+    s = z @ z[i] / temperature
+    others = [j for j in range(batch * views) if j != i]
+    pos = [j for j in others if view_labels[j] == view_labels[i]]
+    neg = [j for j in others if view_labels[j] != view_labels[i]]
+    if not pos or (denominator == "only_negatives" and not neg):
+      continue
+    ratios = []
+    for p in pos:
+      if denominator == "all":
+        den = sum(np.exp(s[j]) for j in others)
+      elif denominator == "one_positive":
+        den = np.exp(s[p]) + sum(np.exp(s[n]) for n in neg)
+      else:
+        den = sum(np.exp(s[n]) for n in neg)
+      ratios.append(np.exp(s[p]) / den)
+    ratios = np.array(ratios)
+    per_anchor.append(-np.mean(np.log(ratios)) if summation == "outside"
+                      else -np.log(np.mean(ratios)))
+  scale = 1.0 if base_temperature is None else temperature / base_temperature
+  return scale * np.mean(per_anchor) if per_anchor else 0.0
+
+
+MODES = list(itertools.product(losses.CONTRAST_MODES, losses.SUMMATIONS, losses.DENOMINATORS))
+
+
+@pytest.mark.parametrize("contrast_mode,summation,denominator", MODES)
+@pytest.mark.parametrize("views", [1, 2, 3])
+def test_matches_reference_with_labels_and_simclr(contrast_mode, summation, denominator, views):
+  features = unit_features(views, batch=6, views=views)
+  labels = np.array([0, 1, 0, 2, 1, 0])
+  kwargs = dict(temperature=0.2, contrast_mode=contrast_mode, summation=summation,
+                denominator=denominator)
+  for lab in (labels, None):
+    got = losses.supcon_loss(jnp.asarray(features), None if lab is None else jnp.asarray(lab),
+                             **kwargs)
+    want = reference_supcon(features, lab, **kwargs)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_simclr_with_one_view_has_no_positives_and_is_zero():
+  assert float(losses.supcon_loss(jnp.asarray(unit_features(0, 4, 1)))) == 0.0
+
+
+def test_only_negatives_skips_anchors_without_negatives():
+  features = unit_features(1, batch=4, views=2)
+  labels = np.array([0, 0, 0, 0])
+  got = losses.supcon_loss(jnp.asarray(features), jnp.asarray(labels),
+                           denominator="only_negatives")
+  assert float(got) == 0.0
+  labels = np.array([0, 0, 0, 1])
+  got = losses.supcon_loss(jnp.asarray(features), jnp.asarray(labels),
+                           denominator="only_negatives")
+  np.testing.assert_allclose(
+      got, reference_supcon(features, labels, temperature=0.1, denominator="only_negatives"),
+      rtol=1e-5)
+
+
+def test_base_temperature_scales_the_loss():
+  features, labels = jnp.asarray(unit_features(2, 6, 2)), jnp.array([0, 1, 0, 1, 2, 2])
+  plain = losses.supcon_loss(features, labels, temperature=0.07)
+  scaled = losses.supcon_loss(features, labels, temperature=0.07, base_temperature=0.7)
+  np.testing.assert_allclose(scaled, plain * 0.1, rtol=1e-6)
+
+
+def test_gradient_matches_paper_section_3_2_3():
+  """d L_out / d z_i for V=1: the paper's own-anchor term, plus z_i's part in other anchors."""
+  tau = 0.1
+  features = unit_features(3, batch=7, views=1)
+  labels = np.array([0, 0, 1, 0, 2, 1, 2])
+  grad = jax.grad(lambda f: losses.supcon_loss(f, jnp.asarray(labels), temperature=tau))(
+      jnp.asarray(features))[:, 0]
+
+  z = features[:, 0].astype(np.float64)
+  n = len(z)
+  logits = z @ z.T / tau
+  exp = np.exp(logits) * (1 - np.eye(n))
+  prob = exp / exp.sum(axis=1, keepdims=True)  # P_ij over A(i) = all but i
+  pos = (labels[:, None] == labels[None, :]) & ~np.eye(n, dtype=bool)
+  n_pos = pos.sum(axis=1)
+  for i in range(n):
+    p_idx, n_idx = np.flatnonzero(pos[i]), np.flatnonzero(~pos[i] & (np.arange(n) != i))
+    own = (z[p_idx].T @ (prob[i, p_idx] - 1.0 / n_pos[i]) + z[n_idx].T @ prob[i, n_idx]) / tau
+    # z_i also sits in the contrast set of every other anchor j.
+    as_contrast = sum(z[j] * (prob[j, i] - pos[j, i] / n_pos[j]) / tau
+                      for j in range(n) if j != i)
+    np.testing.assert_allclose(grad[i], (own + as_contrast) / n, rtol=1e-4, atol=1e-6)
+
+
+def sharded_loss(mesh, **kwargs):
+  loss_fn = functools.partial(losses.supcon_loss, axis_name="data", **kwargs)
+  return jax.shard_map(loss_fn, mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P())
+
+
+def sharded_simclr_loss(mesh, **kwargs):
+  loss_fn = functools.partial(losses.supcon_loss, labels=None, axis_name="data", **kwargs)
+  return jax.shard_map(loss_fn, mesh=mesh, in_specs=P("data"), out_specs=P())
+
+
+@pytest.mark.parametrize("contrast_mode,summation,denominator", [
+    ("all", "outside", "all"), ("one", "inside", "one_positive"),
+    ("all", "inside", "only_negatives")])
+def test_sharded_equals_unsharded(contrast_mode, summation, denominator):
+  assert jax.device_count() == 8
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  features = jnp.asarray(unit_features(4, batch=16, views=2))
+  # Uneven classes per device: some shards hold one class only, some several.
+  labels = jnp.array([0, 0, 0, 0, 1, 2, 1, 1, 3, 0, 2, 2, 2, 2, 1, 3])
+  kwargs = dict(temperature=0.1, contrast_mode=contrast_mode, summation=summation,
+                denominator=denominator)
+  dense = lambda f: losses.supcon_loss(f, labels, **kwargs)
+  shard = lambda f: sharded_loss(mesh, **kwargs)(f, labels)
+  np.testing.assert_allclose(jax.jit(shard)(features), dense(features), rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(jax.grad(shard))(features), jax.grad(dense)(features),
+                             rtol=1e-5, atol=1e-7)
+
+  simclr_dense = lambda f: losses.supcon_loss(f, **kwargs)
+  simclr_shard = lambda f: sharded_simclr_loss(mesh, **kwargs)(f)
+  np.testing.assert_allclose(jax.jit(simclr_shard)(features), simclr_dense(features), rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(jax.grad(simclr_shard))(features),
+                             jax.grad(simclr_dense)(features), rtol=1e-5, atol=1e-7)
+
+
+def test_bfloat16_input_is_finite_and_close():
+  features = unit_features(5, batch=8, views=2)
+  labels = jnp.array([0, 1, 2, 3, 0, 1, 2, 3])
+  got = losses.supcon_loss(jnp.asarray(features, jnp.bfloat16), labels)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, losses.supcon_loss(jnp.asarray(features), labels), rtol=2e-2)
+
+
+@pytest.mark.parametrize("contrast_mode,summation,denominator", MODES)
+def test_extreme_inputs_stay_finite(contrast_mode, summation, denominator):
+  kwargs = dict(contrast_mode=contrast_mode, summation=summation, denominator=denominator)
+  identical = jnp.ones((8, 2, 4)) / 2.0
+  spread = jnp.asarray(unit_features(6, batch=8, views=2))
+  cases = [
+      (identical, jnp.arange(8) % 3, 0.1),
+      (spread, jnp.arange(8) % 2, 0.01),
+      (spread, jnp.zeros(8, jnp.int32), 0.01),
+      (spread[:1], jnp.zeros(1, jnp.int32), 0.1),
+      (spread[:1, :1], jnp.zeros(1, jnp.int32), 0.1),
+  ]
+  for features, labels, tau in cases:
+    fn = lambda f: losses.supcon_loss(f, labels, temperature=tau, **kwargs)
+    value, grad = jax.value_and_grad(fn)(features)
+    assert np.isfinite(value), (features.shape, tau)
+    assert np.all(np.isfinite(grad)), (features.shape, tau)
+
+
+def test_temperature_0_01_matches_reference():
+  features = unit_features(7, batch=6, views=2)
+  labels = np.array([0, 1, 0, 2, 1, 0])
+  got = losses.supcon_loss(jnp.asarray(features), jnp.asarray(labels), temperature=0.01)
+  np.testing.assert_allclose(got, reference_supcon(features, labels, temperature=0.01),
+                             rtol=1e-4)
+
+
+@pytest.mark.parametrize("args,kwargs,message", [
+    ((np.zeros((4, 8)),), {}, "rank 3"),
+    ((np.zeros((4, 2, 8)), np.zeros(3, np.int32)), {}, "labels must have shape"),
+    ((np.zeros((4, 2, 8)),), {"contrast_mode": "some"}, "contrast_mode"),
+    ((np.zeros((4, 2, 8)),), {"summation": "middle"}, "summation"),
+    ((np.zeros((4, 2, 8)),), {"denominator": "none"}, "denominator"),
+    ((np.zeros((4, 2, 8)),), {"temperature": 0.0}, "temperature must be > 0"),
+    ((np.zeros((4, 2, 8)),), {"temperature": 0.1, "base_temperature": -1.0}, "base_temperature"),
+])
+def test_bad_input_raises_value_error_naming_the_problem(args, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    losses.supcon_loss(*[jnp.asarray(a) for a in args], **kwargs)
+
+
+def test_cross_entropy_and_label_smoothing_against_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(5, 4)).astype(np.float32)
+  labels = np.array([0, 3, 1, 1, 2])
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  plain = -log_probs[np.arange(5), labels].mean()
+  np.testing.assert_allclose(losses.cross_entropy_loss(logits, labels), plain, rtol=1e-5)
+  eps = 0.1
+  targets = np.full((5, 4), eps / 4) + (1 - eps) * np.eye(4)[labels]
+  smoothed = -(targets * log_probs).sum(-1).mean()
+  np.testing.assert_allclose(
+      losses.cross_entropy_loss(logits, labels, label_smoothing=eps), smoothed, rtol=1e-5)
+  weights = np.array([1, 1, 0, 0, 1])
+  np.testing.assert_allclose(
+      losses.cross_entropy_loss(logits, labels, weights=weights),
+      -log_probs[[0, 1, 4], labels[[0, 1, 4]]].mean(), rtol=1e-5)
+
+
+def test_topk_accuracy():
+  logits = jnp.array([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+  labels = jnp.array([2, 0, 0, 1])
+  assert float(losses.topk_accuracy(logits, labels, k=1)) == pytest.approx(0.25)
+  assert float(losses.topk_accuracy(logits, labels, k=2)) == pytest.approx(0.75)
+  assert float(losses.topk_accuracy(logits, labels, k=1, weights=jnp.array([0, 1, 0, 0]))) == 1.0
