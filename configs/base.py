@@ -28,10 +28,31 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Model (supcon_jax/models/) ----------------------------------------------------------
   c.model = ml_collections.ConfigDict()
+  # resnet18 | resnet34 | resnet50 | resnet101 | resnet152 | resnet200 | vit_ti16 | vit_s16
+  # | vit_b16 (supcon_jax.models.ENCODERS).
   c.model.name = "resnet18"
   c.model.num_classes = 10
   # float32 | bfloat16: compute dtype; parameters stay float32.
   c.model.dtype = "float32"
+  # ResNet: imagenet (7x7/2 conv + max-pool, 224 px) | small (3x3/1 conv, 28-32 px).
+  c.model.stem = "small"
+  # ResNet channel multiplier (SimCLR's ResNet-50 (2x) is width 2).
+  c.model.width = 1.0
+  # Zero the last BatchNorm scale of each residual block, so blocks start as the identity.
+  c.model.zero_init_last_bn = False
+  # BatchNorm in encoder and head: running = momentum * running + (1 - momentum) * batch.
+  c.model.bn_momentum = 0.9
+  c.model.bn_epsilon = 1e-5
+  # ViT: None takes the patch size from the name (16 for vit_*16); image size comes from data.
+  c.model.patch_size = ml_collections.FieldReference(None, field_type=int)
+  # ViT pooling: cls (class token) | gap (global average of the tokens, no class token).
+  c.model.pool = "cls"
+  # Projection head widths; ReLU between layers, output L2-normalised.
+  c.model.head_dims = (2048, 128)
+  # BatchNorm between the projection head's layers.
+  c.model.head_bn = False
+  # L2-normalise the representation before the projection head (official ImageNet runs).
+  c.model.normalize_representation = False
 
   # --- Loss (supcon_jax/losses.py) ---------------------------------------------------------
   c.loss = ml_collections.ConfigDict()

@@ -1,0 +1,69 @@
+"""Heads on the representation r: the SupCon projection head and the online linear probe."""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+  """x / max(||x||, eps) along axis, computed in float32; zero vectors map to zero.
+
+  Returns float32 of x's shape. The gradient is finite everywhere, including at x = 0.
+  """
+  x = x.astype(jnp.float32)
+  sq_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq_norm, eps * eps))
+
+
+class ProjectionHead(nn.Module):
+  """MLP g: r [N, D] -> z [N, dims[-1]] float32, each row of unit L2 norm.
+
+  Dense layers of the given widths with ReLU between them (none after the last), and
+  BatchNorm before each ReLU if batch_norm is set.
+
+  Attributes:
+    dims: output width of each Dense layer, e.g. (2048, 128).
+    batch_norm: BatchNorm between layers; the Dense before it then has no bias.
+    normalize_input: L2-normalise r before the first layer (the official ImageNet runs).
+    bn_momentum, bn_epsilon: as in the encoder.
+    dtype: compute dtype; parameters are always float32.
+  """
+  dims: Sequence[int] = (2048, 128)
+  batch_norm: bool = False
+  normalize_input: bool = False
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, r: jax.Array, train: bool) -> jax.Array:
+    if not self.dims:
+      raise ValueError("ProjectionHead: dims must name at least one layer.")
+    x = l2_normalize(r) if self.normalize_input else r
+    x = x.astype(self.dtype)
+    for i, features in enumerate(self.dims[:-1]):
+      x = nn.Dense(features, use_bias=not self.batch_norm, dtype=self.dtype,
+                   param_dtype=jnp.float32, name=f"dense{i + 1}")(x)
+      if self.batch_norm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                         epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=jnp.float32,
+                         name=f"bn{i + 1}")(x)
+      x = nn.relu(x)
+    x = nn.Dense(self.dims[-1], dtype=self.dtype, param_dtype=jnp.float32,
+                 name=f"dense{len(self.dims)}")(x)
+    return l2_normalize(x)
+
+
+class ClassifierHead(nn.Module):
+  """Online linear probe: r [N, D] -> logits [N, num_classes] float32.
+
+  r passes through stop_gradient, so a loss on the logits trains only this layer and leaves
+  the encoder untouched. Computed in float32: the layer is tiny and its logits feed a loss.
+  """
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, r: jax.Array) -> jax.Array:
+    r = jax.lax.stop_gradient(r).astype(jnp.float32)
+    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32)(r)

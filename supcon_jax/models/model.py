@@ -1,0 +1,115 @@
+"""The SupCon model (encoder + projection head + online probe) and its registry by name."""
+import types
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from supcon_jax.models import heads, resnet, vit
+
+# name -> (stage_sizes, block)
+_RESNETS = types.MappingProxyType({
+    "resnet18": ((2, 2, 2, 2), "basic"),
+    "resnet34": ((3, 4, 6, 3), "basic"),
+    "resnet50": ((3, 4, 6, 3), "bottleneck"),
+    "resnet101": ((3, 4, 23, 3), "bottleneck"),
+    "resnet152": ((3, 8, 36, 3), "bottleneck"),
+    "resnet200": ((3, 24, 36, 3), "bottleneck"),
+})
+# name -> (patch_size, hidden_size, depth, num_heads, mlp_dim)
+_VITS = types.MappingProxyType({
+    "vit_ti16": (16, 192, 12, 3, 768),
+    "vit_s16": (16, 384, 12, 6, 1536),
+    "vit_b16": (16, 768, 12, 12, 3072),
+})
+ENCODERS = tuple(_RESNETS) + tuple(_VITS)
+DTYPES = types.MappingProxyType({"float32": jnp.float32, "bfloat16": jnp.bfloat16})
+
+
+class SupConModel(nn.Module):
+  """Encoder f, projection head g and linear probe on images [N, H, W, C].
+
+  Callers stack the views of a batch along N, so BatchNorm sees all of them at once.
+
+  Attributes:
+    encoder: images [N, H, W, C], train -> r [N, D]; takes the name "encoder".
+    head_dims, head_bn, normalize_representation: see heads.ProjectionHead.
+    num_classes: classes of the online probe.
+    bn_momentum, bn_epsilon: for the head's BatchNorm.
+    dtype: compute dtype of the head; parameters are always float32.
+  """
+  encoder: nn.Module
+  num_classes: int
+  head_dims: Sequence[int] = (2048, 128)
+  head_bn: bool = False
+  normalize_representation: bool = False
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
+    """Returns float32 {"representation": [N, D], "projection": [N, head_dims[-1]] (unit
+    rows), "logits": [N, num_classes]}; only "projection" passes gradients to the encoder."""
+    r = self.encoder(images, train=train)
+    z = heads.ProjectionHead(
+        dims=self.head_dims, batch_norm=self.head_bn,
+        normalize_input=self.normalize_representation, bn_momentum=self.bn_momentum,
+        bn_epsilon=self.bn_epsilon, dtype=self.dtype, name="projection")(r, train=train)
+    logits = heads.ClassifierHead(self.num_classes, name="classifier")(r)
+    return {"representation": r.astype(jnp.float32), "projection": z, "logits": logits}
+
+
+def _check_choice(field: str, value: Any, choices: Sequence[Any]) -> None:
+  if value not in choices:
+    raise ValueError(f"model.{field}={value!r} is unknown; expected one of {tuple(choices)}.")
+
+
+def _check(field: str, value: Any, ok: bool, expected: str) -> None:
+  if not ok:
+    raise ValueError(f"model.{field}={value!r} is invalid; expected {expected}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first invalid field of the model config (config.model)."""
+  _check_choice("name", config.name, ENCODERS)
+  _check_choice("stem", config.stem, resnet.STEMS)
+  _check_choice("pool", config.pool, vit.POOLS)
+  _check_choice("dtype", config.dtype, tuple(DTYPES))
+  _check("width", config.width, config.width > 0 and int(64 * config.width) > 0,
+         "a multiplier with 64 * width >= 1")
+  _check("bn_momentum", config.bn_momentum, 0 <= config.bn_momentum < 1, "a value in [0, 1)")
+  _check("bn_epsilon", config.bn_epsilon, config.bn_epsilon > 0, "> 0")
+  _check("num_classes", config.num_classes, config.num_classes >= 1, ">= 1")
+  _check("head_dims", config.head_dims,
+         len(config.head_dims) >= 1 and all(d >= 1 for d in config.head_dims),
+         "one or more positive layer widths")
+  _check("patch_size", config.patch_size, config.patch_size is None or config.patch_size >= 1,
+         "None (from the name) or >= 1")
+
+
+def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
+  """The encoder named by config.name (config is config.model), validated first."""
+  validate(config)
+  dtype = DTYPES[config.dtype]
+  if config.name in _RESNETS:
+    stage_sizes, block = _RESNETS[config.name]
+    return resnet.ResNet(stage_sizes=stage_sizes, block=block, stem=config.stem,
+                         width=config.width, zero_init_last_bn=config.zero_init_last_bn,
+                         bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
+                         dtype=dtype)
+  patch_size, hidden_size, depth, num_heads, mlp_dim = _VITS[config.name]
+  return vit.ViT(patch_size=config.patch_size or patch_size, hidden_size=hidden_size,
+                 depth=depth, num_heads=num_heads, mlp_dim=mlp_dim, pool=config.pool,
+                 dtype=dtype)
+
+
+def build_model(config: ml_collections.ConfigDict) -> SupConModel:
+  """The SupConModel described by config (config is config.model), validated first."""
+  return SupConModel(encoder=build_encoder(config), num_classes=config.num_classes,
+                     head_dims=tuple(config.head_dims), head_bn=config.head_bn,
+                     normalize_representation=config.normalize_representation,
+                     bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
+                     dtype=DTYPES[config.dtype])
