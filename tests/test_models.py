@@ -199,6 +199,13 @@ def test_classifier_head_passes_no_gradient_to_encoder(tiny):
     assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grads[part])), part
   assert all(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads["classifier"]))
 
+  # The cross-entropy baseline's classifier does train the encoder.
+  baseline = model.clone(classifier_trains_encoder=True)
+  ce_grads = jax.grad(lambda p: jnp.mean(baseline.apply(
+      {**variables, "params": p}, x, train=True, mutable=["batch_stats"])[0]["logits"]))(
+          variables["params"])
+  assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(ce_grads["encoder"]))
+
 
 @pytest.mark.parametrize("block, last", [("basic", "bn2"), ("bottleneck", "bn3")])
 def test_zero_init_last_bn(block, last):

@@ -59,11 +59,15 @@ class ClassifierHead(nn.Module):
   """Online linear probe: r [N, D] -> logits [N, num_classes] float32.
 
   r passes through stop_gradient, so a loss on the logits trains only this layer and leaves
-  the encoder untouched. Computed in float32: the layer is tiny and its logits feed a loss.
+  the encoder untouched; `train_encoder=True` lets the gradient through instead (the
+  cross-entropy baseline). Computed in float32: the layer is tiny and its logits feed a loss.
   """
   num_classes: int
+  train_encoder: bool = False
 
   @nn.compact
   def __call__(self, r: jax.Array) -> jax.Array:
-    r = jax.lax.stop_gradient(r).astype(jnp.float32)
+    if not self.train_encoder:
+      r = jax.lax.stop_gradient(r)
+    r = r.astype(jnp.float32)
     return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32)(r)

@@ -39,6 +39,8 @@ class SupConModel(nn.Module):
     num_classes: classes of the online probe.
     bn_momentum, bn_epsilon: for the head's BatchNorm.
     dtype: compute dtype of the head; parameters are always float32.
+    classifier_trains_encoder: let the classifier's gradient reach the encoder (the
+      cross-entropy baseline) instead of probing stop_gradient(r).
   """
   encoder: nn.Module
   num_classes: int
@@ -48,17 +50,20 @@ class SupConModel(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
+  classifier_trains_encoder: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
     """Returns float32 {"representation": [N, D], "projection": [N, head_dims[-1]] (unit
-    rows), "logits": [N, num_classes]}; only "projection" passes gradients to the encoder."""
+    rows), "logits": [N, num_classes]}; only "projection" passes gradients to the encoder,
+    unless classifier_trains_encoder."""
     r = self.encoder(images, train=train)
     z = heads.ProjectionHead(
         dims=self.head_dims, batch_norm=self.head_bn,
         normalize_input=self.normalize_representation, bn_momentum=self.bn_momentum,
         bn_epsilon=self.bn_epsilon, dtype=self.dtype, name="projection")(r, train=train)
-    logits = heads.ClassifierHead(self.num_classes, name="classifier")(r)
+    logits = heads.ClassifierHead(self.num_classes, train_encoder=self.classifier_trains_encoder,
+                                  name="classifier")(r)
     return {"representation": r.astype(jnp.float32), "projection": z, "logits": logits}
 
 
@@ -106,10 +111,16 @@ def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
                  dtype=dtype)
 
 
-def build_model(config: ml_collections.ConfigDict) -> SupConModel:
-  """The SupConModel described by config (config is config.model), validated first."""
+def build_model(config: ml_collections.ConfigDict,
+                classifier_trains_encoder: bool = False) -> SupConModel:
+  """The SupConModel described by config (config is config.model), validated first.
+
+  `classifier_trains_encoder` is derived from the training method, not a config field: only
+  the cross-entropy baseline trains the encoder through the classifier.
+  """
   return SupConModel(encoder=build_encoder(config), num_classes=config.num_classes,
                      head_dims=tuple(config.head_dims), head_bn=config.head_bn,
                      normalize_representation=config.normalize_representation,
                      bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
-                     dtype=DTYPES[config.dtype])
+                     dtype=DTYPES[config.dtype],
+                     classifier_trains_encoder=classifier_trains_encoder)
