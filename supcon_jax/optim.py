@@ -20,17 +20,16 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
-def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
-  """The linear scaling rule: base_lr × global batch / 256."""
-  return config.optim.base_lr * config.batch_size / 256
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict,
+def learning_rate_schedule(optim_config: ml_collections.ConfigDict, batch_size: int,
                            steps_per_epoch: int, total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 over `optim.warmup_epochs`, then cosine decay to 0 at total_steps."""
-  peak = peak_learning_rate(config)
-  warmup_steps = min(int(round(config.optim.warmup_epochs * steps_per_epoch)), total_steps)
-  if config.optim.schedule == "constant":
+  """Linear warmup from 0 over `warmup_epochs`, then cosine decay to 0 at total_steps.
+
+  The peak follows the linear scaling rule: base_lr × global batch / 256.
+  `optim_config` is `config.optim` (pretraining) or `config.probe.optim` (linear eval).
+  """
+  peak = optim_config.base_lr * batch_size / 256
+  warmup_steps = min(int(round(optim_config.warmup_epochs * steps_per_epoch)), total_steps)
+  if optim_config.schedule == "constant":
     return optax.join_schedules(
         [optax.linear_schedule(0.0, peak, warmup_steps), optax.constant_schedule(peak)],
         [warmup_steps])
@@ -39,10 +38,10 @@ def learning_rate_schedule(config: ml_collections.ConfigDict,
       decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
+def create_optimizer(optim_config: ml_collections.ConfigDict,
                      schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The optimizer named by `optim.name`, with weight decay masked by `decay_mask`."""
-  o = config.optim
+  """The optimizer named by `optim_config.name`, with weight decay masked by `decay_mask`."""
+  o = optim_config
   if o.name == "lars":
     tx = optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=decay_mask,
                     trust_coefficient=o.trust_coefficient, trust_ratio_mask=decay_mask,
@@ -58,7 +57,8 @@ def create_optimizer(config: ml_collections.ConfigDict,
     tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                      mask=decay_mask)
   else:
-    raise ValueError(f"Unknown optim.name={o.name!r}; expected one of {OPTIMIZERS}.")
+    raise ValueError(f"Unknown optimizer name={o.name!r} (config.optim.name or "
+                     f"config.probe.optim.name); expected one of {OPTIMIZERS}.")
   if o.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
   return tx
