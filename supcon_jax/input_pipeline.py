@@ -20,11 +20,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from supcon_jax import augment
-
-_DATA_AXIS = "data"  # The mesh axis the batch is split over (supcon_jax.sharding.DATA_AXIS).
+from supcon_jax import augment, sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,8 +291,8 @@ def create_eval_dataset(config: ml_collections.ConfigDict, *, split: str | None 
 def to_global_arrays(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Each process's [b, ...] arrays -> global [b * process_count, ...] jax.Arrays, the leading
   dimension split over the mesh's "data" axis."""
-  sharding = NamedSharding(mesh, P(_DATA_AXIS))
-  return {key: jax.make_array_from_process_local_data(sharding, value)
+  batch_sharding = sharding.batch_sharding(mesh)
+  return {key: jax.make_array_from_process_local_data(batch_sharding, value)
           for key, value in batch.items()}
 
 

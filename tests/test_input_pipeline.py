@@ -15,7 +15,6 @@ from jax.sharding import PartitionSpec as P
 from configs import base
 from supcon_jax import augment, input_pipeline
 
-FASHION_MNIST_FILES = "/usr/share/datasets/fashion-mnist"
 MOCK_EXAMPLES = 12
 
 
@@ -52,16 +51,6 @@ def mock_tfds():
                               policy=tfds.testing.MockPolicy.USE_CODE):
     yield
 
-
-@pytest.fixture(scope="module")
-def fashion_mnist_dir(tmp_path_factory) -> str:
-  """A tfds data_dir holding fashion_mnist, prepared from the local .gz files (~25 s)."""
-  if not os.path.exists(os.path.join(FASHION_MNIST_FILES, "t10k-images-idx3-ubyte.gz")):
-    pytest.skip(f"needs Debian's dataset-fashion-mnist in {FASHION_MNIST_FILES}")
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  input_pipeline.prepare_dataset(_config("fashion_mnist", 28, data_dir=data_dir,
-                                         manual_dir=FASHION_MNIST_FILES))
-  return data_dir
 
 
 @pytest.mark.parametrize("dataset,image_size", [("imagenet2012", 64), ("cifar10", 32)])

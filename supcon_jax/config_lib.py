@@ -1,0 +1,44 @@
+"""Checks a config before anything runs, naming the field and the fix."""
+import jax
+import ml_collections
+
+from supcon_jax import losses, optim
+
+METHODS = ("supcon", "simclr", "cross_entropy")
+
+
+def _fail(field: str, value, expected: str) -> None:
+  raise ValueError(f"Bad config: {field}={value!r}; {expected}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for the first bad trainer-level value (models and data check theirs)."""
+  if config.method not in METHODS:
+    _fail("config.method", config.method, f"expected one of {METHODS}")
+  if config.optim.name not in optim.OPTIMIZERS:
+    _fail("config.optim.name", config.optim.name, f"expected one of {optim.OPTIMIZERS}")
+  if config.optim.schedule not in ("cosine", "constant"):
+    _fail("config.optim.schedule", config.optim.schedule, "expected 'cosine' or 'constant'")
+  for field, choices in (("contrast_mode", losses.CONTRAST_MODES),
+                         ("summation", losses.SUMMATIONS),
+                         ("denominator", losses.DENOMINATORS)):
+    if config.loss[field] not in choices:
+      _fail(f"config.loss.{field}", config.loss[field], f"expected one of {choices}")
+  if not config.loss.temperature > 0:
+    _fail("config.loss.temperature", config.loss.temperature, "it must be > 0")
+  if config.batch_size <= 0 or config.batch_size % jax.device_count():
+    _fail("config.batch_size", config.batch_size,
+          f"the global batch must be a positive multiple of the {jax.device_count()} devices "
+          f"({jax.process_count()} processes)")
+  if config.data.num_views < 1:
+    _fail("config.data.num_views", config.data.num_views, "it must be >= 1")
+  if config.method == "simclr" and config.data.num_views < 2:
+    _fail("config.data.num_views", config.data.num_views,
+          "SimCLR's only positives are other views of the same image: use >= 2")
+  if config.num_train_steps is None and not config.num_epochs > 0:
+    _fail("config.num_epochs", config.num_epochs, "it must be > 0 (or set num_train_steps)")
+  if config.num_train_steps is not None and config.num_train_steps <= 0:
+    _fail("config.num_train_steps", config.num_train_steps, "it must be > 0")
+  for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    if config.train[field] <= 0:
+      _fail(f"config.train.{field}", config.train[field], "it must be > 0")

@@ -1,0 +1,26 @@
+"""Pretraining entry point.
+
+  python -m supcon_jax.main --config=configs/fashion_mnist.py --workdir=/tmp/supcon
+
+Every config field can be overridden on the command line, e.g. `--config.batch_size=1024`.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from supcon_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints and metrics go here; a run resumes from it.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.info("Config:\n%s", FLAGS.config)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

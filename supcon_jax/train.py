@@ -1,0 +1,301 @@
+"""Pretraining: SupCon / SimCLR / cross-entropy over a device mesh, with an online linear probe.
+
+`train_and_evaluate(config, workdir)` is the whole job; `train_step` and `eval_step` are the
+pure functions it jits. The SupCon loss runs under `jax.shard_map` so each device's views are
+anchors against the all-gathered global batch: exact over the global batch, O(local × global)
+memory per device.
+"""
+import functools
+import signal
+import threading
+import time
+from typing import Any, Iterable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+from clu import metric_writers, parameter_overview
+from jax.sharding import Mesh, PartitionSpec as P
+
+from supcon_jax import checkpointing, config_lib, input_pipeline, losses, metrics, models
+from supcon_jax import optim, sharding
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a resumed run needs besides the data position (which is `step`)."""
+  step: jax.Array  # int32 []
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array  # uint32 [2], the run's base key; step keys are fold_in(rng, step)
+
+
+def create_train_state(rng: jax.Array, *, model, tx: optax.GradientTransformation,
+                       image_shape: tuple[int, ...]) -> TrainState:
+  """Initial state for images of `image_shape` = (H, W, C)."""
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init(init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+                         train=False)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                    rng=state_rng)
+
+
+def contrastive_loss(z: jax.Array, labels: Optional[jax.Array], config: ml_collections.ConfigDict,
+                     mesh: Mesh) -> jax.Array:
+  """SupCon (or SimCLR when labels is None) of [B, V, D] projections sharded over the mesh."""
+  loss_fn = functools.partial(
+      losses.supcon_loss, temperature=config.loss.temperature,
+      base_temperature=config.loss.base_temperature, contrast_mode=config.loss.contrast_mode,
+      summation=config.loss.summation, denominator=config.loss.denominator,
+      axis_name=sharding.DATA_AXIS)
+  if labels is None:
+    return jax.shard_map(lambda f: loss_fn(f, None), mesh=mesh,
+                         in_specs=P(sharding.DATA_AXIS), out_specs=P())(z)
+  return jax.shard_map(loss_fn, mesh=mesh, in_specs=(P(sharding.DATA_AXIS),) * 2,
+                       out_specs=P())(z, labels)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[TrainState, dict]:
+  """One update on a global batch {"images": [B, V, H, W, C], "labels": [B]}.
+
+  A non-finite loss or gradient leaves the state unchanged and sets metrics["finite"] = 0,
+  so the caller can stop before anything bad is saved.
+  """
+  images, labels = batch["images"], batch["labels"]
+  b, v = images.shape[:2]
+  # Sample-major flattening keeps each sample's views on the device that holds the sample.
+  flat_images = images.reshape((b * v,) + images.shape[2:])
+  flat_labels = jnp.repeat(labels, v)
+  step_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    outputs, mutated = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, flat_images, train=True,
+        mutable=["batch_stats"], rngs={"dropout": step_rng})
+    probe_loss = losses.cross_entropy_loss(outputs["logits"], flat_labels,
+                                           label_smoothing=config.loss.label_smoothing)
+    if config.method == "cross_entropy":
+      main_loss = probe_loss
+      total = main_loss
+    else:
+      z = outputs["projection"].reshape(b, v, -1)
+      main_loss = contrastive_loss(z, labels if config.method == "supcon" else None,
+                                   config, mesh)
+      # The probe sees stop_gradient(r): its loss only trains the classifier head.
+      total = main_loss + config.train.probe_weight * probe_loss
+    aux = dict(batch_stats=mutated["batch_stats"], main_loss=main_loss, probe_loss=probe_loss,
+               probe_top1=losses.topk_accuracy(outputs["logits"], flat_labels, k=1))
+    return total, aux
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  candidate = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            batch_stats=aux["batch_stats"], opt_state=new_opt_state)
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), candidate, state)
+  step_metrics = dict(
+      loss=loss, main_loss=aux["main_loss"], probe_loss=aux["probe_loss"],
+      probe_top1=aux["probe_top1"], learning_rate=schedule(state.step), grad_norm=grad_norm,
+      param_norm=optax.global_norm(state.params), update_norm=optax.global_norm(updates),
+      finite=finite.astype(jnp.float32))
+  return new_state, step_metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model) -> dict[str, jax.Array]:
+  """Sums of top-1/top-5 hits and of real examples for {"images": [B, 1, ...], "mask": [B]}."""
+  images = batch["images"][:, 0]
+  outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images,
+                        train=False)
+  mask = batch["mask"].astype(jnp.float32)
+  k5 = min(5, outputs["logits"].shape[-1])
+  return dict(
+      top1=jnp.sum(losses.topk_correct(outputs["logits"], batch["labels"], 1) * mask),
+      top5=jnp.sum(losses.topk_correct(outputs["logits"], batch["labels"], k5) * mask),
+      count=jnp.sum(mask))
+
+
+def evaluate(eval_fn, state: TrainState, batches: Iterable[dict]) -> dict[str, float]:
+  """Probe top-1/top-5 over the whole eval split (padding masked out, every example once)."""
+  totals = None
+  for batch in batches:
+    sums = eval_fn(state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = max(float(totals["count"]), 1.0)
+  return dict(probe_eval_top1=float(totals["top1"]) / count,
+              probe_eval_top5=float(totals["top5"]) / count,
+              eval_examples=float(totals["count"]))
+
+
+class _SigtermFlag:
+  """Records SIGTERM (single-process preemption) so the loop can save and exit cleanly."""
+
+  def __init__(self):
+    self.received = threading.Event()
+    self._previous = None
+
+  def __enter__(self):
+    # With jax.distributed, JAX's preemption service owns SIGTERM and orbax syncs on it.
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.received.set())
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Pretrains (resuming from `workdir` if it holds a checkpoint) and returns final metrics."""
+  config_lib.validate(config)
+  mesh = sharding.create_mesh()
+  logging.info("Process %d of %d; %d local of %d devices: %s", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
+
+  data = _prepared_dataset_info(config)
+  steps_per_epoch = data.num_train_examples // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
+                     f"{data.num_train_examples} training examples of {config.data.dataset}.")
+  total_steps = config.num_train_steps or int(round(config.num_epochs * steps_per_epoch))
+  schedule = optim.learning_rate_schedule(config.optim, config.batch_size, steps_per_epoch,
+                                         total_steps)
+  tx = optim.create_optimizer(config.optim, schedule)
+  model = models.build_model(
+      config.model, classifier_trains_encoder=config.method == "cross_entropy")
+
+  init_fn = functools.partial(create_train_state, model=model, tx=tx,
+                              image_shape=data.image_shape)
+  rng = jax.random.PRNGKey(config.seed)
+  state_shape = jax.eval_shape(init_fn, rng)
+  state_shardings = sharding.state_shardings(state_shape, mesh, config.train.shard_params)
+
+  manager = checkpointing.create_manager(workdir, config)
+  if manager.latest_step() is not None:
+    state, start_step = checkpointing.restore(
+        manager, checkpointing.abstract_with_shardings(state_shape, state_shardings), config)
+    logging.info("Resumed from the checkpoint of step %d in %s.", start_step, workdir)
+  else:
+    state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
+    start_step = 0
+
+  writer = metrics.create_writer(workdir)
+  if start_step == 0:
+    parameter_overview.log_parameter_overview(state.params)
+    writer.write_hparams({k: v for k, v in flatten_config(config).items()})
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config,
+                        mesh=mesh),
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(eval_step, model=model),
+                    in_shardings=(state_shardings, batch_sharding))
+  hooks = metrics.create_hooks(total_steps, writer, config.train.log_every_steps)
+
+  train_iter = input_pipeline.create_train_iterator(config, mesh, start_step=start_step)
+  pending: list[dict] = []  # metrics since the last log, still on device
+  last_log = (start_step, time.time())
+  step = start_step
+  result: dict[str, float] = {}
+  with _SigtermFlag() as sigterm, metric_writers.ensure_flushes(writer):
+    while step < total_steps:
+      state, step_metrics = step_fn(state, next(train_iter))
+      # Checking the previous update keeps the host one step behind the device, not in sync.
+      if pending:
+        _check_finite(pending[-1], step - 1, manager)
+      pending.append(step_metrics)
+      step += 1
+      for hook in hooks:
+        hook(step)
+      preempted = (sigterm.received.is_set() if jax.process_count() == 1
+                   else manager.reached_preemption(step))
+      is_last = step == total_steps
+      if step % config.train.log_every_steps == 0 or is_last:
+        _check_finite(step_metrics, step, manager)
+        summary = metrics.mean_of(pending)
+        del summary["finite"]
+        elapsed = time.time() - last_log[1]
+        summary["images_per_sec_per_device"] = (
+            (step - last_log[0]) * config.batch_size / max(elapsed, 1e-9) / jax.device_count())
+        writer.write_scalars(step, summary)
+        result.update(summary)
+        pending, last_log = [], (step, time.time())
+      if preempted or is_last or manager.should_save(step):
+        _check_finite(step_metrics, step, manager)  # never save a state after a bad update
+        checkpointing.save(manager, step, state, config, force=preempted or is_last)
+      if preempted:
+        manager.wait_until_finished()
+        logging.warning("Preempted: saved the checkpoint of step %d; rerun the same command "
+                        "to resume.", step)
+        result["preempted_at_step"] = float(step)
+        manager.close()
+        return result
+      if (config.train.eval_every_steps > 0 and step % config.train.eval_every_steps == 0
+          and not is_last):
+        writer.write_scalars(step, evaluate(
+            eval_fn, state, input_pipeline.create_eval_iterator(config, mesh)))
+    eval_metrics = evaluate(eval_fn, state, input_pipeline.create_eval_iterator(config, mesh))
+    writer.write_scalars(step, eval_metrics)
+    result.update(eval_metrics)
+  manager.wait_until_finished()
+  manager.close()
+  logging.info("Finished at step %d: %s", step, result)
+  return result
+
+
+def _prepared_dataset_info(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
+  """Dataset facts; a single-process run prepares a small dataset on first use, like tfds.load.
+
+  ImageNet (a manual download) and multi-host runs (every host would write) must be prepared
+  beforehand: their error says how.
+  """
+  try:
+    return input_pipeline.dataset_info(config)
+  except FileNotFoundError as not_prepared:
+    if jax.process_count() > 1 or config.data.dataset == "imagenet2012":
+      raise
+    logging.info("Preparing %s with tfds (first run).", config.data.dataset)
+    try:
+      input_pipeline.prepare_dataset(config)
+    except Exception as e:
+      raise not_prepared from e
+    return input_pipeline.dataset_info(config)
+
+
+def _check_finite(step_metrics: dict, step: int, manager) -> None:
+  """Stops with a clear message when the update that made `step` saw a NaN or Inf."""
+  if float(jax.device_get(step_metrics["finite"])) == 1.0:
+    return
+  manager.wait_until_finished()
+  latest = manager.latest_step()
+  kept = (f"the last good checkpoint (step {latest}) is untouched" if latest is not None
+          else "no checkpoint was written")
+  raise FloatingPointError(
+      f"Loss or gradient became NaN/Inf in the update to step {step} "
+      f"(loss={float(step_metrics['loss'])}, grad_norm={float(step_metrics['grad_norm'])}); "
+      f"training stopped and {kept}. Lower optim.base_lr, raise loss.temperature, lengthen "
+      "optim.warmup_epochs or set optim.grad_clip_norm, then rerun to resume.")
+
+
+def flatten_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  """{"optim.base_lr": 0.3, ...} with values TensorBoard's hparams plugin accepts."""
+  out = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(flatten_config(value, name + "."))
+    elif isinstance(value, (bool, int, float, str)):
+      out[name] = value
+    else:
+      out[name] = str(value)
+  return out
