@@ -157,8 +157,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Pretrains (resuming from `workdir` if it holds a checkpoint) and returns final metrics."""
   config_lib.validate(config)
   mesh = sharding.create_mesh()
-  logging.info("Process %d of %d; %d local of %d devices: %s", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
 
   data = _prepared_dataset_info(config)
   steps_per_epoch = data.num_train_examples // config.batch_size

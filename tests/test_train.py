@@ -47,11 +47,20 @@ def tiny_config(data_dir: str, **overrides):
   return config
 
 
-def saved_state(workdir: str, step: int) -> dict:
+def saved_state(workdir: str, step: int, like=None) -> dict:
+  """The state saved at `step`, as numpy arrays.
+
+  `like` (a state of the same structure) is needed when the checkpoint was written by other
+  devices than this process has (e.g. by two processes).
+  """
   with ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir),
                              item_names=("state", "config")) as manager:
-    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))[
-        "state"]
+    if like is None:
+      args = ocp.args.StandardRestore()
+    else:
+      args = ocp.args.PyTreeRestore(item=like, restore_args=jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), like))
+    return manager.restore(step, args=ocp.args.Composite(state=args))["state"]
 
 
 def assert_trees_close(a, b, **tol):
