@@ -66,6 +66,10 @@ def get_config() -> ml_collections.ConfigDict:
   # BatchNorm in encoder and head: running = momentum * running + (1 - momentum) * batch.
   c.model.bn_momentum = 0.9
   c.model.bn_epsilon = 1e-5
+  # ResNet normalisation: batch | group. GroupNorm has per-example statistics, so training
+  # with train.microbatches > 1 gives exactly the full-batch update (BatchNorm: statistics
+  # per micro-batch instead of per global batch).
+  c.model.norm = "batch"
   # ViT: None takes the patch size from the name (16 for vit_*16); image size comes from data.
   c.model.patch_size = ml_collections.FieldReference(None, field_type=int)
   # ViT pooling: cls (class token) | gap (global average of the tokens, no class token).
@@ -113,6 +117,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_every_steps = 1000
   c.train.checkpoint_every_steps = 1000
   c.train.keep_checkpoints = 3
+  # Gradient caching: embed the global batch in this many micro-batches without keeping
+  # activations, take the loss gradient w.r.t. the embeddings over the whole batch, then
+  # backpropagate it micro-batch by micro-batch. The SupCon loss still contrasts the whole
+  # global batch; memory for activations drops by this factor, at ~1/3 more compute.
+  c.train.microbatches = 1
   # Weight of the online linear probe's cross-entropy (it only reaches the classifier head).
   c.train.probe_weight = 1.0
   return c

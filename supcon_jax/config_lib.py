@@ -39,6 +39,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("config.num_epochs", config.num_epochs, "it must be > 0 (or set num_train_steps)")
   if config.num_train_steps is not None and config.num_train_steps <= 0:
     _fail("config.num_train_steps", config.num_train_steps, "it must be > 0")
+  microbatches = config.train.microbatches
+  if microbatches < 1 or config.batch_size % (microbatches * jax.device_count()):
+    _fail("config.train.microbatches", microbatches,
+          f"it must be >= 1 and split the batch ({config.batch_size}) into micro-batches "
+          f"that are multiples of the {jax.device_count()} devices")
   for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     if config.train[field] <= 0:
       _fail(f"config.train.{field}", config.train[field], "it must be > 0")

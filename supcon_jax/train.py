@@ -60,6 +60,88 @@ def contrastive_loss(z: jax.Array, labels: Optional[jax.Array], config: ml_colle
                        out_specs=P())(z, labels)
 
 
+def objective(outputs: dict[str, jax.Array], labels: jax.Array, *,
+              config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[jax.Array, dict]:
+  """Training loss of the model outputs of a whole global batch.
+
+  `outputs` hold "projection" [B, V, D] and "logits" [B, V, C]; `labels` are [B].
+  Returns (total, metrics); the probe's cross-entropy only reaches the classifier head
+  (it sees stop_gradient(r)) unless the method is the cross-entropy baseline.
+  """
+  b, v = outputs["logits"].shape[:2]
+  logits = outputs["logits"].reshape(b * v, -1)
+  flat_labels = jnp.repeat(labels, v)
+  probe_loss = losses.cross_entropy_loss(logits, flat_labels,
+                                         label_smoothing=config.loss.label_smoothing)
+  if config.method == "cross_entropy":
+    main_loss = total = probe_loss
+  else:
+    main_loss = contrastive_loss(outputs["projection"],
+                                 labels if config.method == "supcon" else None, config, mesh)
+    total = main_loss + config.train.probe_weight * probe_loss
+  return total, dict(main_loss=main_loss, probe_loss=probe_loss,
+                     probe_top1=losses.topk_accuracy(logits, flat_labels, k=1))
+
+
+def _forward(model, params, batch_stats, images: jax.Array, rng: jax.Array):
+  """images [n, V, H, W, C] -> ({"projection": [n, V, D], "logits": [n, V, C]}, batch_stats)."""
+  n, v = images.shape[:2]
+  # Sample-major flattening keeps each sample's views on the device that holds the sample.
+  outputs, mutated = model.apply(
+      {"params": params, "batch_stats": batch_stats}, images.reshape((n * v,) + images.shape[2:]),
+      train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+  outputs = {k: outputs[k].reshape(n, v, -1) for k in ("projection", "logits")}
+  # Encoders without BatchNorm (GroupNorm ResNets, ViTs) have no statistics to update.
+  return outputs, mutated.get("batch_stats", batch_stats)
+
+
+def _split(x: jax.Array, k: int) -> jax.Array:
+  """[B, ...] -> [k, B / k, ...]: micro-batch j holds samples j, j + k, ..., so each one is
+  spread over every device that holds the batch."""
+  return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+
+
+def _merge(x: jax.Array) -> jax.Array:
+  """Inverse of _split: [k, B / k, ...] -> [B, ...]."""
+  return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
+
+
+def cached_gradients(params, batch_stats, images: jax.Array, labels: jax.Array, rng: jax.Array,
+                     *, model, config: ml_collections.ConfigDict, mesh: Mesh):
+  """Gradient caching (Gao et al., 2021) over `config.train.microbatches` = k micro-batches.
+
+  Pass 1 embeds each micro-batch without keeping activations; the objective and its
+  gradient w.r.t. the embeddings are taken over the whole global batch; pass 2 re-runs each
+  micro-batch and pulls its slice of that gradient back into the parameters. The result
+  equals the full-batch gradient for encoders whose outputs do not depend on the rest of the
+  batch (GroupNorm, LayerNorm); BatchNorm normalises with per-micro-batch statistics.
+  Returns ((total, metrics), grads, new batch_stats).
+  """
+  k = config.train.microbatches
+  micro_images = _split(images, k)
+  rngs = jax.random.split(rng, k)
+
+  def embed(stats, inputs):
+    x, r = inputs
+    outputs, stats = _forward(model, params, stats, x, r)
+    return stats, outputs
+
+  new_stats, micro_outputs = jax.lax.scan(embed, batch_stats, (micro_images, rngs))
+  outputs = jax.tree.map(_merge, micro_outputs)
+  (total, metrics), output_grads = jax.value_and_grad(
+      functools.partial(objective, config=config, mesh=mesh), has_aux=True)(outputs, labels)
+  micro_grads = jax.tree.map(functools.partial(_split, k=k), output_grads)
+
+  def backprop(acc, inputs):
+    x, r, cotangent = inputs
+    _, pullback = jax.vjp(lambda p: _forward(model, p, batch_stats, x, r)[0], params)
+    return jax.tree.map(jnp.add, acc, pullback(cotangent)[0]), None
+
+  grads, _ = jax.lax.scan(backprop, jax.tree.map(jnp.zeros_like, params),
+                          (micro_images, rngs, micro_grads))
+  return (total, metrics), grads, new_stats
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[TrainState, dict]:
@@ -69,41 +151,26 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
   so the caller can stop before anything bad is saved.
   """
   images, labels = batch["images"], batch["labels"]
-  b, v = images.shape[:2]
-  # Sample-major flattening keeps each sample's views on the device that holds the sample.
-  flat_images = images.reshape((b * v,) + images.shape[2:])
-  flat_labels = jnp.repeat(labels, v)
   step_rng = jax.random.fold_in(state.rng, state.step)
+  if config.train.microbatches > 1:
+    (loss, aux), grads, new_stats = cached_gradients(
+        state.params, state.batch_stats, images, labels, step_rng, model=model, config=config,
+        mesh=mesh)
+  else:
+    def loss_fn(params):
+      outputs, stats = _forward(model, params, state.batch_stats, images, step_rng)
+      total, metrics = objective(outputs, labels, config=config, mesh=mesh)
+      return total, (metrics, stats)
+    (loss, (aux, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
-  def loss_fn(params):
-    outputs, mutated = model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, flat_images, train=True,
-        mutable=["batch_stats"], rngs={"dropout": step_rng})
-    probe_loss = losses.cross_entropy_loss(outputs["logits"], flat_labels,
-                                           label_smoothing=config.loss.label_smoothing)
-    if config.method == "cross_entropy":
-      main_loss = probe_loss
-      total = main_loss
-    else:
-      z = outputs["projection"].reshape(b, v, -1)
-      main_loss = contrastive_loss(z, labels if config.method == "supcon" else None,
-                                   config, mesh)
-      # The probe sees stop_gradient(r): its loss only trains the classifier head.
-      total = main_loss + config.train.probe_weight * probe_loss
-    aux = dict(batch_stats=mutated["batch_stats"], main_loss=main_loss, probe_loss=probe_loss,
-               probe_top1=losses.topk_accuracy(outputs["logits"], flat_labels, k=1))
-    return total, aux
-
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   candidate = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            batch_stats=aux["batch_stats"], opt_state=new_opt_state)
+                            batch_stats=new_stats, opt_state=new_opt_state)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), candidate, state)
   step_metrics = dict(
-      loss=loss, main_loss=aux["main_loss"], probe_loss=aux["probe_loss"],
-      probe_top1=aux["probe_top1"], learning_rate=schedule(state.step), grad_norm=grad_norm,
+      loss=loss, **aux, learning_rate=schedule(state.step), grad_norm=grad_norm,
       param_norm=optax.global_norm(state.params), update_norm=optax.global_norm(updates),
       finite=finite.astype(jnp.float32))
   return new_state, step_metrics

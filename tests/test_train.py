@@ -121,6 +121,23 @@ def test_one_step_on_8_devices_equals_one_step_on_1_device(fashion_mnist_dir):
   assert_trees_close(sharded.batch_stats, single.batch_stats, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("num_devices,microbatches", [(1, 4), (8, 2)])
+def test_gradient_caching_equals_the_full_batch_update(fashion_mnist_dir, num_devices,
+                                                       microbatches):
+  """Exact for an encoder without batch statistics (GroupNorm), on 1 and on 8 devices."""
+  mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
+  results = []
+  for k in (1, microbatches):
+    config = tiny_config(fashion_mnist_dir, **{"model.norm": "group", "train.microbatches": k})
+    state, step = _step_setup(config, mesh)
+    state, metrics = step(state, _fixed_batch(config, mesh))
+    results.append((jax.device_get(state.params), jax.device_get(metrics)))
+  (full, full_metrics), (cached, cached_metrics) = results
+  np.testing.assert_allclose(cached_metrics["loss"], full_metrics["loss"], rtol=1e-6)
+  np.testing.assert_allclose(cached_metrics["grad_norm"], full_metrics["grad_norm"], rtol=1e-5)
+  assert_trees_close(cached, full, rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, fashion_mnist_dir):
   """(workdir, final state) of an uninterrupted 6-step run."""
@@ -220,6 +237,7 @@ def test_resuming_under_a_different_model_names_the_field(fashion_mnist_dir, uni
     ({"loss.temperature": 0.0}, "config.loss.temperature"),
     ({"loss.summation": "middle"}, "config.loss.summation"),
     ({"method": "simclr", "data.num_views": 1}, "config.data.num_views"),
+    ({"train.microbatches": 4}, "config.train.microbatches"),
 ])
 def test_bad_config_values_name_the_field(overrides, field):
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):

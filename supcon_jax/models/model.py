@@ -81,6 +81,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first invalid field of the model config (config.model)."""
   _check_choice("name", config.name, ENCODERS)
   _check_choice("stem", config.stem, resnet.STEMS)
+  _check_choice("norm", config.norm, resnet.NORMS)
   _check_choice("pool", config.pool, vit.POOLS)
   _check_choice("dtype", config.dtype, tuple(DTYPES))
   _check("width", config.width, config.width > 0 and int(64 * config.width) > 0,
@@ -104,7 +105,7 @@ def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
     return resnet.ResNet(stage_sizes=stage_sizes, block=block, stem=config.stem,
                          width=config.width, zero_init_last_bn=config.zero_init_last_bn,
                          bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
-                         dtype=dtype)
+                         norm=config.norm, dtype=dtype)
   patch_size, hidden_size, depth, num_heads, mlp_dim = _VITS[config.name]
   return vit.ViT(patch_size=config.patch_size or patch_size, hidden_size=hidden_size,
                  depth=depth, num_heads=num_heads, mlp_dim=mlp_dim, pool=config.pool,

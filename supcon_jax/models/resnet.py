@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 STEMS = ("imagenet", "small")
 BLOCKS = ("basic", "bottleneck")
+NORMS = ("batch", "group")
 
 # torchvision pads every k x k conv by k // 2 on each side; "SAME" would pad stride-2 convs
 # asymmetrically and shift the sampling grid.
@@ -82,6 +83,8 @@ class ResNet(nn.Module):
       every block starts as the identity.
     bn_momentum: running-statistics decay (flax convention: new = m * old + (1 - m) * batch).
     bn_epsilon: BatchNorm variance epsilon.
+    norm: "batch" (BatchNorm) or "group" (GroupNorm, 32 groups or fewer for narrow layers):
+      per-example statistics, so gradient caching over micro-batches is exact.
     dtype: compute dtype; parameters are always float32.
   """
   stage_sizes: Sequence[int]
@@ -91,6 +94,7 @@ class ResNet(nn.Module):
   zero_init_last_bn: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  norm: str = "batch"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -102,9 +106,14 @@ class ResNet(nn.Module):
                              param_dtype=jnp.float32)
     # Statistics are means over the whole array, so under jit with a batch sharded over
     # devices they are global-batch statistics (GSPMD inserts the cross-device reduction).
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             dtype=self.dtype, param_dtype=jnp.float32)
+    if self.norm == "batch":
+      norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                               momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                               dtype=self.dtype, param_dtype=jnp.float32)
+    elif self.norm == "group":
+      norm = functools.partial(_GroupNorm, epsilon=self.bn_epsilon, dtype=self.dtype)
+    else:
+      raise ValueError(f"ResNet: unknown norm={self.norm!r}; expected one of {NORMS}.")
     filters = int(64 * self.width)
 
     x = x.astype(self.dtype)
@@ -125,3 +134,15 @@ class ResNet(nn.Module):
                       name=f"stage{i + 1}_block{j + 1}")(x)
     # jnp.mean accumulates low-precision inputs in float32.
     return jnp.mean(x, axis=(1, 2))
+
+
+class _GroupNorm(nn.Module):
+  """GroupNorm with min(32, C) groups, taking BatchNorm's scale_init so blocks can zero it."""
+  epsilon: float
+  dtype: Any
+  scale_init: Callable[..., jax.Array] = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.GroupNorm(num_groups=min(32, x.shape[-1]), epsilon=self.epsilon, dtype=self.dtype,
+                        param_dtype=jnp.float32, scale_init=self.scale_init)(x)
