@@ -1,9 +1,11 @@
 """Losses: the SupCon family (L_out, L_in, SimCLR) and cross-entropy with top-k accuracy."""
+import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.ad_checkpoint import checkpoint_name
 
 CONTRAST_MODES = ("all", "one")
 SUMMATIONS = ("outside", "inside")
@@ -21,20 +23,112 @@ def _check_positive(name: str, value) -> None:
     raise ValueError(f"supcon_loss: {name} must be > 0, got {value}.")
 
 
+# Names of the per-row statistics that a recomputed block keeps from its forward pass.
+_ROW_STATS = "supcon_row_stats"
+# Automatic block size: rows per block so that a block's [rows, contrast] float32 logits take
+# about this many bytes; batches whose whole logits fit are computed densely.
+_AUTO_BLOCK_BYTES = 16 * 2**20
+
+
 def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
   """log Σ_j exp(x_ij) over mask_ij, along the last axis, stable and NaN-free.
 
   Returns (lse [..., ], nonempty [...]); rows with an empty mask get lse = 0 and
   nonempty = False, so callers can drop them without an -inf ever reaching a gradient.
   """
-  nonempty = jnp.any(mask, axis=-1)
+  nonempty = checkpoint_name(jnp.any(mask, axis=-1), _ROW_STATS)
   row_max = jnp.max(jnp.where(mask, x, -jnp.inf), axis=-1, keepdims=True)
   row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+  row_max = checkpoint_name(row_max, _ROW_STATS)
   # Masking before exp keeps a huge masked-out entry from overflowing into a NaN gradient.
   total = jnp.sum(jnp.exp(jnp.where(mask, x - row_max, -jnp.inf)), axis=-1)
   # The maximal entry contributes exp(0) = 1, so total >= 1 on non-empty rows.
-  lse = jnp.log(jnp.where(nonempty, total, 1.0)) + row_max[..., 0]
+  total = checkpoint_name(jnp.where(nonempty, total, 1.0), _ROW_STATS)
+  lse = jnp.log(total) + row_max[..., 0]
   return jnp.where(nonempty, lse, 0.0), nonempty
+
+
+def _anchor_losses(
+    anchors: jax.Array,
+    anchor_index: jax.Array,
+    anchor_label: jax.Array,
+    contrast: jax.Array,
+    contrast_label: jax.Array,
+    summation: str,
+    denominator: str,
+) -> tuple[jax.Array, jax.Array]:
+  """The loss of each anchor in a block of rows: the one implementation of the per-row math.
+
+  Args:
+    anchors: [b, D] anchor embeddings, already divided by the temperature.
+    anchor_index: [b] each anchor's own row in `contrast` (excluded from its contrast set).
+    anchor_label: [b] each anchor's class.
+    contrast: [N, D] the whole contrast set; contrast_label: [N] its classes.
+    summation, denominator: as in `supcon_loss`.
+
+  Returns:
+    (loss [b], valid [b]): an anchor's loss counts only where valid (see `supcon_loss`).
+  """
+  logits = jnp.matmul(anchors, contrast.T, precision=jax.lax.Precision.HIGHEST)
+  # Masks come from [b] and [N] vectors, so only the fused elementwise code sees [b, N].
+  not_self = anchor_index[:, None] != jnp.arange(contrast.shape[0])[None, :]
+  same_label = anchor_label[:, None] == contrast_label[None, :]
+  positive = same_label & not_self
+  num_positives = jnp.sum(positive, axis=-1)
+  safe_count = jnp.maximum(num_positives, 1).astype(jnp.float32)
+
+  if denominator == "one_positive":
+    # log(exp(s_ip) / den_ip) = s_ip - logaddexp(s_ip, lse_neg_i) = -softplus(lse_neg_i - s_ip),
+    # and 0 when there is no negative (den_ip = exp(s_ip)).
+    lse_neg, has_negative = _masked_logsumexp(logits, ~same_label)
+    log_prob = jnp.where(has_negative[:, None],
+                         -jax.nn.softplus(lse_neg[:, None] - logits), 0.0)
+    if summation == "outside":
+      anchor_loss = -jnp.sum(jnp.where(positive, log_prob, 0.0), axis=-1) / safe_count
+    else:
+      lse_pos, _ = _masked_logsumexp(log_prob, positive)
+      anchor_loss = jnp.log(safe_count) - lse_pos
+    return anchor_loss, num_positives > 0
+
+  if denominator == "all":
+    log_den, valid = _masked_logsumexp(logits, not_self)
+  else:  # only_negatives
+    log_den, valid = _masked_logsumexp(logits, ~same_label)
+  # den_i does not depend on p, so log(exp(s_ip) / den_i) = s_ip - log_den_i and both
+  # summations need only the positives' logits.
+  if summation == "outside":
+    anchor_loss = log_den - jnp.sum(jnp.where(positive, logits, 0.0), axis=-1) / safe_count
+  else:
+    lse_pos, _ = _masked_logsumexp(logits, positive)
+    anchor_loss = log_den - lse_pos + jnp.log(safe_count)
+  return anchor_loss, valid & (num_positives > 0)
+
+
+def _auto_block_size(num_anchors: int, num_contrast: int) -> int:
+  return max(8, _AUTO_BLOCK_BYTES // (4 * num_contrast) // 8 * 8) if (
+      4 * num_anchors * num_contrast > _AUTO_BLOCK_BYTES) else num_anchors
+
+
+def _blockwise_anchor_losses(block_size: int, rows: tuple[jax.Array, ...],
+                             block_fn) -> tuple[jax.Array, jax.Array]:
+  """Applies block_fn to consecutive blocks of `rows` (arrays with a leading anchor axis).
+
+  Each block is recomputed in the backward pass, keeping only its per-row statistics, so
+  memory is O(block_size × contrast set) whatever the number of anchors. The last block is
+  padded with rows whose results are dropped.
+  """
+  num_anchors = rows[0].shape[0]
+  if block_size >= num_anchors:
+    return block_fn(*rows)
+  block_fn = jax.checkpoint(
+      block_fn, prevent_cse=False,  # safe under scan, and lets XLA share work
+      policy=jax.checkpoint_policies.save_only_these_names(_ROW_STATS))
+  num_blocks = -(-num_anchors // block_size)
+  pad = num_blocks * block_size - num_anchors
+  blocks = [jnp.pad(r, [(0, pad)] + [(0, 0)] * (r.ndim - 1)).reshape(
+      num_blocks, block_size, *r.shape[1:]) for r in rows]
+  loss, valid = jax.lax.map(lambda block: block_fn(*block), blocks)
+  return loss.reshape(-1)[:num_anchors], valid.reshape(-1)[:num_anchors]
 
 
 def supcon_loss(
@@ -47,6 +141,7 @@ def supcon_loss(
     summation: str = "outside",
     denominator: str = "all",
     axis_name: Optional[str] = None,
+    block_size: Optional[int] = None,
 ) -> jax.Array:
   """Supervised contrastive loss (Khosla et al., 2020, arXiv 2004.11362).
 
@@ -72,6 +167,13 @@ def supcon_loss(
       set is all-gathered (differentiably) from every device along the axis, in axis order.
       The result is the mean over the global batch, identical on every device, and equal
       (loss and gradients) to the unsharded call on the concatenated batch.
+    block_size: how many anchors' logits are computed at once. Anchors are processed in
+      blocks of this many rows (the last one padded), and each block is
+      recomputed in the backward pass rather than stored, so peak memory is
+      O(block_size × contrast set) instead of O(anchors × contrast set); the loss and its
+      gradients are those of the dense form up to float32 round-off. None picks a block of
+      about 16 MiB of float32 logits, or the dense form when all the logits fit in that.
+      Sharded, it counts local anchors against the global contrast set.
 
   Returns:
     Scalar float32: the mean of the anchors' losses over anchors that have at least one
@@ -80,8 +182,8 @@ def supcon_loss(
     max-subtracted and sums taken as log-sum-exp, so the result is never NaN or Inf.
 
   Raises:
-    ValueError: features not of rank 3, labels not of shape [B], an unknown mode, or a
-      temperature <= 0.
+    ValueError: features not of rank 3, labels not of shape [B], an unknown mode, a
+      temperature <= 0, or a block_size < 1.
   """
   if features.ndim != 3:
     raise ValueError(
@@ -97,6 +199,8 @@ def supcon_loss(
   _check_positive("temperature", temperature)
   if base_temperature is not None:
     _check_positive("base_temperature", base_temperature)
+  if block_size is not None and not (isinstance(block_size, int) and block_size >= 1):
+    raise ValueError(f"supcon_loss: block_size must be an int >= 1 or None, got {block_size!r}.")
 
   features = features.astype(jnp.float32)
   if axis_name is None:
@@ -119,42 +223,19 @@ def supcon_loss(
 
   anchor_views = views if contrast_mode == "all" else 1
   # Flattened views are ordered sample-major: row b * V + v.
-  anchors = features[:, :anchor_views].reshape(batch * anchor_views, -1)
+  # Dividing the [A, D] anchors by τ is cheaper than dividing the [A, N] logits.
+  anchors = features[:, :anchor_views].reshape(batch * anchor_views, -1) / temperature
   contrast = all_features.reshape(global_batch * views, -1)
-  anchor_sample = jnp.repeat(local_ids, anchor_views)
-  anchor_view = jnp.tile(jnp.arange(anchor_views), batch)
-  contrast_sample = jnp.repeat(jnp.arange(global_batch), views)
-  contrast_view = jnp.tile(jnp.arange(views), global_batch)
+  anchor_index = (local_ids[:, None] * views + jnp.arange(anchor_views)[None, :]).reshape(-1)
+  num_anchors, num_contrast = anchors.shape[0], contrast.shape[0]
+  if block_size is None:
+    block_size = _auto_block_size(num_anchors, num_contrast)
 
-  logits = jnp.matmul(anchors, contrast.T, precision=jax.lax.Precision.HIGHEST) / temperature
-  not_self = ((anchor_sample[:, None] != contrast_sample[None, :])
-              | (anchor_view[:, None] != contrast_view[None, :]))
-  same_label = (jnp.repeat(anchor_labels, anchor_views)[:, None]
-                == jnp.repeat(contrast_labels, views)[None, :])
-  positive = same_label & not_self
-  negative = ~same_label
-
-  if denominator == "all":
-    log_den, valid = _masked_logsumexp(logits, not_self)
-    log_den = log_den[:, None]
-  else:
-    lse_neg, has_negative = _masked_logsumexp(logits, negative)
-    if denominator == "only_negatives":
-      log_den, valid = lse_neg[:, None], has_negative
-    else:  # one_positive
-      log_den = jnp.where(has_negative[:, None],
-                          jnp.logaddexp(logits, lse_neg[:, None]), logits)
-      valid = jnp.ones_like(has_negative)
-  log_prob = logits - log_den
-
-  num_positives = jnp.sum(positive, axis=-1)
-  valid = valid & (num_positives > 0)
-  safe_count = jnp.maximum(num_positives, 1).astype(jnp.float32)
-  if summation == "outside":
-    anchor_loss = -jnp.sum(jnp.where(positive, log_prob, 0.0), axis=-1) / safe_count
-  else:
-    lse_pos, _ = _masked_logsumexp(log_prob, positive)
-    anchor_loss = -(lse_pos - jnp.log(safe_count))
+  block_fn = functools.partial(
+      _anchor_losses, contrast=contrast, contrast_label=jnp.repeat(contrast_labels, views),
+      summation=summation, denominator=denominator)
+  anchor_loss, valid = _blockwise_anchor_losses(
+      block_size, (anchors, anchor_index, jnp.repeat(anchor_labels, anchor_views)), block_fn)
 
   total = jnp.sum(jnp.where(valid, anchor_loss, 0.0))
   count = jnp.sum(valid).astype(jnp.float32)

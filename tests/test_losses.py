@@ -148,6 +148,63 @@ def test_sharded_equals_unsharded(contrast_mode, summation, denominator):
                              jax.grad(simclr_dense)(features), rtol=1e-5, atol=1e-7)
 
 
+def assert_same_value_and_grad(fn, want, features):
+  """fn's value and gradient at features equal want = (value, gradient) to float32 round-off."""
+  value, grad = jax.jit(jax.value_and_grad(fn))(features)
+  want_value, want_grad = want
+  np.testing.assert_allclose(value, want_value, rtol=1e-6, atol=1e-7)
+  # A gradient entry sums terms as large as the largest entry; round-off is relative to that.
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6 * np.abs(want_grad).max())
+
+
+@pytest.mark.parametrize("contrast_mode,summation,denominator", MODES)
+def test_blockwise_equals_dense(contrast_mode, summation, denominator):
+  # 10 samples x 2 views: 20 anchors ("all") or 10 ("one"); blocks of 5 divide both, of 3 neither.
+  features = jnp.asarray(unit_features(8, batch=10, views=2))
+  labels = jnp.array([0, 1, 0, 2, 1, 0, 3, 3, 2, 4])
+  kwargs = dict(temperature=0.1, contrast_mode=contrast_mode, summation=summation,
+                denominator=denominator)
+  for lab, block_sizes in ((labels, (3, 5)), (None, (3,))):
+    loss = functools.partial(losses.supcon_loss, labels=lab, **kwargs)
+    dense = jax.value_and_grad(functools.partial(loss, block_size=10**6))(features)
+    for block_size in block_sizes:
+      assert_same_value_and_grad(functools.partial(loss, block_size=block_size), dense, features)
+
+
+@pytest.mark.parametrize("contrast_mode,summation,denominator", [
+    ("all", "outside", "all"), ("one", "inside", "one_positive"),
+    ("all", "inside", "only_negatives")])
+def test_sharded_blockwise_equals_unsharded_dense(contrast_mode, summation, denominator):
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  # 24 samples on 8 devices: 6 local anchors ("all", blocks of 2 divide them, of 4 do not)
+  # or 3 ("one": blocks of 2 do not divide them).
+  features = jnp.asarray(unit_features(9, batch=24, views=2))
+  labels = jnp.asarray(np.random.default_rng(9).integers(0, 4, size=24))
+  kwargs = dict(temperature=0.1, contrast_mode=contrast_mode, summation=summation,
+                denominator=denominator)
+  dense = jax.value_and_grad(lambda f: losses.supcon_loss(f, labels, **kwargs))(features)
+  simclr_dense = jax.value_and_grad(lambda f: losses.supcon_loss(f, **kwargs))(features)
+  for block_size in (2, 4):
+    shard = lambda f: sharded_loss(mesh, block_size=block_size, **kwargs)(f, labels)
+    assert_same_value_and_grad(shard, dense, features)
+    simclr_shard = lambda f: sharded_simclr_loss(mesh, block_size=block_size, **kwargs)(f)
+    assert_same_value_and_grad(simclr_shard, simclr_dense, features)
+
+
+def test_blockwise_memory_grows_with_the_block_not_the_batch():
+  """XLA's own buffer plan for value_and_grad: blocks keep temporaries O(block x contrast)."""
+  def temp_bytes(batch, block_size):
+    features = jax.ShapeDtypeStruct((batch, 2, 32), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    fn = jax.jit(jax.value_and_grad(functools.partial(losses.supcon_loss, block_size=block_size)))
+    return fn.lower(features, labels).compile().memory_analysis().temp_size_in_bytes
+
+  logits_bytes = 4 * 8192 ** 2  # one dense [2B, 2B] float32 matrix at B = 4096
+  assert temp_bytes(4096, 8192) > logits_bytes  # dense stores several such matrices
+  assert temp_bytes(4096, None) < logits_bytes / 2  # the automatic default blocks here
+  assert temp_bytes(4096, 64) < logits_bytes / 16
+
+
 def test_bfloat16_input_is_finite_and_close():
   features = unit_features(5, batch=8, views=2)
   labels = jnp.array([0, 1, 2, 3, 0, 1, 2, 3])
@@ -191,6 +248,7 @@ def test_temperature_0_01_matches_reference():
     ((np.zeros((4, 2, 8)),), {"denominator": "none"}, "denominator"),
     ((np.zeros((4, 2, 8)),), {"temperature": 0.0}, "temperature must be > 0"),
     ((np.zeros((4, 2, 8)),), {"temperature": 0.1, "base_temperature": -1.0}, "base_temperature"),
+    ((np.zeros((4, 2, 8)),), {"block_size": 0}, "block_size"),
 ])
 def test_bad_input_raises_value_error_naming_the_problem(args, kwargs, message):
   with pytest.raises(ValueError, match=message):
