@@ -191,6 +191,16 @@ def test_sharded_blockwise_equals_unsharded_dense(contrast_mode, summation, deno
     assert_same_value_and_grad(simclr_shard, simclr_dense, features)
 
 
+def test_forward_mode_matches_reverse_mode_blockwise():
+  features = jnp.asarray(unit_features(10, batch=6, views=2))
+  tangent = jnp.asarray(unit_features(11, batch=6, views=2))
+  loss = functools.partial(losses.supcon_loss, labels=jnp.array([0, 1, 0, 2, 1, 0]),
+                           block_size=5)
+  _, directional = jax.jvp(loss, (features,), (tangent,))
+  np.testing.assert_allclose(directional, jnp.vdot(jax.grad(loss)(features), tangent),
+                             rtol=1e-5, atol=1e-6)
+
+
 def test_blockwise_memory_grows_with_the_block_not_the_batch():
   """XLA's own buffer plan for value_and_grad: blocks keep temporaries O(block x contrast)."""
   def temp_bytes(batch, block_size):
