@@ -148,6 +148,82 @@ def test_sharded_equals_unsharded(contrast_mode, summation, denominator):
                              jax.grad(simclr_dense)(features), rtol=1e-5, atol=1e-7)
 
 
+def assert_same_values_and_grads(fns, want_fn, features):
+  """Each of fns has want_fn's value and gradient at features, to float32 round-off.
+
+  Compiling is most of a small test's time: one jit for all of them, without LLVM's
+  optimisations (about half the compile time; the results are the same computation).
+  """
+  fn_all = jax.jit(lambda f: [jax.value_and_grad(fn)(f) for fn in (want_fn, *fns)])
+  results = fn_all.lower(features).compile(
+      compiler_options={"xla_backend_optimization_level": 0})(features)
+  (want_value, want_grad), *got = results
+  for i, (value, grad) in enumerate(got):
+    np.testing.assert_allclose(value, want_value, rtol=1e-6, atol=1e-7, err_msg=f"fns[{i}]")
+    # A gradient entry sums terms as large as the largest entry; round-off is relative to that.
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6 * np.abs(want_grad).max(),
+                               err_msg=f"fns[{i}]")
+
+
+@pytest.mark.parametrize("contrast_mode,summation,denominator", MODES)
+def test_blockwise_equals_dense(contrast_mode, summation, denominator):
+  # 10 samples x 2 views: 20 anchors ("all") or 10 ("one"); blocks of 5 divide both, of 3 neither.
+  features = jnp.asarray(unit_features(8, batch=10, views=2))
+  labels = jnp.array([0, 1, 0, 2, 1, 0, 3, 3, 2, 4])
+  kwargs = dict(temperature=0.1, contrast_mode=contrast_mode, summation=summation,
+                denominator=denominator)
+  for lab, block_sizes in ((labels, (3, 5)), (None, (3,))):
+    loss = functools.partial(losses.supcon_loss, labels=lab, **kwargs)
+    assert_same_values_and_grads(
+        [functools.partial(loss, block_size=size) for size in block_sizes],
+        functools.partial(loss, block_size=10**6), features)
+
+
+@pytest.mark.parametrize("contrast_mode,summation,denominator", [
+    ("all", "outside", "all"), ("one", "inside", "one_positive"),
+    ("all", "inside", "only_negatives")])
+def test_sharded_blockwise_equals_unsharded_dense(contrast_mode, summation, denominator):
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  # 24 samples on 8 devices: 6 local anchors ("all", blocks of 2 divide them, of 4 do not)
+  # or 3 ("one": blocks of 2 do not divide them).
+  features = jnp.asarray(unit_features(9, batch=24, views=2))
+  labels = jnp.asarray(np.random.default_rng(9).integers(0, 4, size=24))
+  kwargs = dict(temperature=0.1, contrast_mode=contrast_mode, summation=summation,
+                denominator=denominator)
+  assert_same_values_and_grads(
+      [lambda f, size=size: sharded_loss(mesh, block_size=size, **kwargs)(f, labels)
+       for size in (2, 4)],
+      lambda f: losses.supcon_loss(f, labels, block_size=10**6, **kwargs), features)
+  assert_same_values_and_grads(
+      [lambda f, size=size: sharded_simclr_loss(mesh, block_size=size, **kwargs)(f)
+       for size in (2, 4)],
+      lambda f: losses.supcon_loss(f, block_size=10**6, **kwargs), features)
+
+
+def test_forward_mode_matches_reverse_mode_blockwise():
+  features = jnp.asarray(unit_features(10, batch=6, views=2))
+  tangent = jnp.asarray(unit_features(11, batch=6, views=2))
+  loss = functools.partial(losses.supcon_loss, labels=jnp.array([0, 1, 0, 2, 1, 0]),
+                           block_size=5)
+  _, directional = jax.jvp(loss, (features,), (tangent,))
+  np.testing.assert_allclose(directional, jnp.vdot(jax.grad(loss)(features), tangent),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_blockwise_memory_grows_with_the_block_not_the_batch():
+  """XLA's own buffer plan for value_and_grad: blocks keep temporaries O(block x contrast)."""
+  def temp_bytes(batch, block_size):
+    features = jax.ShapeDtypeStruct((batch, 2, 32), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    fn = jax.jit(jax.value_and_grad(functools.partial(losses.supcon_loss, block_size=block_size)))
+    return fn.lower(features, labels).compile().memory_analysis().temp_size_in_bytes
+
+  logits_bytes = 4 * 8192 ** 2  # one dense [2B, 2B] float32 matrix at B = 4096
+  assert temp_bytes(4096, 8192) > logits_bytes  # dense stores several such matrices
+  assert temp_bytes(4096, None) < logits_bytes / 2  # the automatic default blocks here
+  assert temp_bytes(4096, 64) < logits_bytes / 16
+
+
 def test_bfloat16_input_is_finite_and_close():
   features = unit_features(5, batch=8, views=2)
   labels = jnp.array([0, 1, 2, 3, 0, 1, 2, 3])
@@ -191,6 +267,7 @@ def test_temperature_0_01_matches_reference():
     ((np.zeros((4, 2, 8)),), {"denominator": "none"}, "denominator"),
     ((np.zeros((4, 2, 8)),), {"temperature": 0.0}, "temperature must be > 0"),
     ((np.zeros((4, 2, 8)),), {"temperature": 0.1, "base_temperature": -1.0}, "base_temperature"),
+    ((np.zeros((4, 2, 8)),), {"block_size": 0}, "block_size"),
 ])
 def test_bad_input_raises_value_error_naming_the_problem(args, kwargs, message):
   with pytest.raises(ValueError, match=message):

@@ -1,0 +1,34 @@
+"""bench/loss.py runs end to end on a tiny size and says why it skips what it cannot run."""
+import argparse
+import importlib.util
+import pathlib
+
+import pytest
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "loss.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+  spec = importlib.util.spec_from_file_location("bench_loss", _PATH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_jax_rows_agree_and_fill_the_table(bench, capsys):
+  bench.main(["--sizes", "8", "--repeats", "1", "--impls", "matmul,jax_dense,jax_blockwise",
+              "--block-size", "3"])
+  table = capsys.readouterr().out
+  rows = {line.split()[1] + line.split()[2]: line.split() for line in table.splitlines()
+          if line.strip().startswith("8 ")}
+  assert set(rows) == {"matmulx4", "jaxdense", "jaxblockwise"}, table
+  assert rows["jaxdense"][-1] == rows["jaxblockwise"][-1]  # the same loss value
+
+
+def test_torch_rows_are_skipped_with_the_reason_when_torch_is_missing(bench, monkeypatch):
+  monkeypatch.setattr(bench, "_importable", lambda module: False)
+  args = argparse.Namespace(views=2, dim=4, repeats=1, block_size=None, timeout=10)
+  result = bench._run_case("pml", 8, args)
+  assert "torch and pytorch_metric_learning not installed" in result["skipped"]
+  assert "bench/requirements.txt" in result["skipped"]
