@@ -89,6 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.summation = "outside"
   c.loss.denominator = "all"
   c.loss.label_smoothing = 0.0
+  # Anchors whose logits are computed at once (recomputed in the backward pass): memory is
+  # O(block × global batch). None: automatic (512 anchors, less for huge contrast sets).
+  c.loss.block_size = ml_collections.FieldReference(None, field_type=int)
 
   # --- Optimizer (supcon_jax/optim.py) -----------------------------------------------------
   c.optim = ml_collections.ConfigDict()
