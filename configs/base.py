@@ -127,4 +127,38 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.microbatches = 1
   # Weight of the online linear probe's cross-entropy (it only reaches the classifier head).
   c.train.probe_weight = 1.0
+
+  # --- Linear evaluation (supcon_jax/linear_eval.py) ---------------------------------------
+  c.probe = ml_collections.ConfigDict()
+  c.probe.epochs = 10
+  c.probe.batch_size = 256
+  # Features of freshly augmented train views each epoch (the paper), instead of fixed
+  # eval-preprocessed ones: more faithful, one encoder pass over the train split per epoch.
+  c.probe.augmented_features = False
+  c.probe.optim = ml_collections.ConfigDict()
+  c.probe.optim.name = "sgd"
+  c.probe.optim.base_lr = 0.5  # per 256 examples
+  c.probe.optim.warmup_epochs = 0.0
+  c.probe.optim.schedule = "cosine"
+  c.probe.optim.weight_decay = 0.0
+  c.probe.optim.momentum = 0.9
+  c.probe.optim.nesterov = False
+  c.probe.optim.trust_coefficient = 1e-3
+  c.probe.optim.b1 = 0.9
+  c.probe.optim.b2 = 0.999
+  c.probe.optim.eps = 1e-8
+  c.probe.optim.rmsprop_decay = 0.9
+  c.probe.optim.grad_clip_norm = 0.0
+  c.probe.knn_k = 20
+  c.probe.knn_temperature = 0.07
+  c.probe.ece_bins = 15
+  # ImageNet-C style corruptions (tfds' implementation) at these severities, applied to the
+  # raw test images of corruption_split; the ImageNet configs use a part of "validation".
+  # (impulse_noise is left out: tfds draws it from an unseeded generator, so it cannot repeat.)
+  c.probe.corruptions = ("gaussian_noise", "shot_noise", "speckle_noise", "defocus_blur",
+                         "gaussian_blur", "contrast", "brightness", "pixelate",
+                         "jpeg_compression", "elastic_transform")
+  c.probe.severities = (1, 2, 3, 4, 5)
+  c.probe.corruption_split = "test[:2000]"
+  c.probe.tsne_examples = 2000
   return c

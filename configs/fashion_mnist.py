@@ -25,6 +25,7 @@ def get_config():
   # Small images: SupContrast's CIFAR crop range, and no blur.
   c.data.crop_area = (0.2, 1.0)
   c.data.blur = False
+  c.probe.corruption_split = "test[:1000]"
 
   c.model.name = "resnet18"
   # The ImageNet stem (28 -> 7 px) runs ~5x faster on a CPU than the small-image stem, which

@@ -21,6 +21,10 @@ def get_config():
 
   c.data.dataset = "imagenet2012"
   c.data.image_size = 224
+  c.data.eval_split = "validation"
+  c.probe.corruption_split = "validation[:10000]"
+  c.probe.epochs = 90
+  c.probe.batch_size = 4096
   c.data.augment = "autoaugment"
   c.data.crop_area = (0.08, 1.0)
 

@@ -65,6 +65,18 @@ def check_compatible(saved_config: dict, config: ml_collections.ConfigDict, path
         "or another workdir. Nothing in the workdir was changed.")
 
 
+def read_saved_config(workdir: str, step: Optional[int] = None) -> dict:
+  """The config (as a dict) that the checkpoint at `step` (default latest) was written with."""
+  with ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("state", "config"),
+                             options=ocp.CheckpointManagerOptions(read_only=True,
+                                                                  create=False)) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {checkpoint_dir(workdir)}.")
+    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
+        "config"]
+
+
 def restore(manager: ocp.CheckpointManager, abstract_state: Any,
             config: ml_collections.ConfigDict, step: Optional[int] = None) -> tuple[Any, int]:
   """Restores the state saved at `step` (default: latest) into `abstract_state`'s shardings.

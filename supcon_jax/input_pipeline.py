@@ -13,7 +13,7 @@ pointing at the four original .gz files (Debian's dataset-fashion-mnist installs
 import dataclasses
 import os
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import ml_collections
@@ -257,9 +257,13 @@ def _center_crop(image: tf.Tensor, size: int, crop_fraction: float) -> tf.Tensor
 
 
 def create_eval_dataset(config: ml_collections.ConfigDict, *, split: str | None = None,
-                        process_index: int | None = None,
-                        process_count: int | None = None) -> tf.data.Dataset:
+                        process_index: int | None = None, process_count: int | None = None,
+                        image_fn: Callable[[tf.Tensor], tf.Tensor] | None = None
+                        ) -> tf.data.Dataset:
   """Per-process eval batches of `split` (default data.eval_split), in a fixed order.
+
+  `image_fn` (uint8 [h, w, C] -> uint8 [h, w, C]), e.g. a corruption, is applied to each
+  decoded image before the eval preprocessing, one example at a time.
 
   Yields {"images": float32 [b, 1, S, S, C], "labels": int32 [b], "mask": bool [b]}. The last
   batches are padded with mask=False examples so that every process yields the same number of
@@ -275,12 +279,17 @@ def create_eval_dataset(config: ml_collections.ConfigDict, *, split: str | None 
   size, crop_fraction = config.data.image_size, _DATASETS[config.data.dataset].eval_crop_fraction
 
   def preprocess(example: dict) -> dict[str, tf.Tensor]:
-    image = _center_crop(_decode(builder, example["image"]), size, crop_fraction)
+    image = _decode(builder, example["image"])
+    if image_fn is not None:
+      image = image_fn(image)
+    image = _center_crop(image, size, crop_fraction)
     return {"images": _normalize(config, image)[None], "mask": tf.constant(True),
             "labels": tf.cast(example["label"], tf.int32)}
 
+  # An image_fn may draw from a process-wide random state (numpy's): run it sequentially so
+  # that its draws, and so the results, are the same from run to run.
   ds = parts[index].map(tf.autograph.experimental.do_not_convert(preprocess),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+                        num_parallel_calls=tf.data.AUTOTUNE if image_fn is None else None)
   padding = tf.data.Dataset.from_tensors(
       tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec))
   ds = ds.concatenate(padding.repeat(padded_size - sizes[index]))
@@ -305,7 +314,9 @@ def create_train_iterator(config: ml_collections.ConfigDict, mesh: Mesh, *,
 
 
 def create_eval_iterator(config: ml_collections.ConfigDict, mesh: Mesh, *,
-                         split: str | None = None) -> Iterator[dict[str, jax.Array]]:
+                         split: str | None = None,
+                         image_fn: Callable[[tf.Tensor], tf.Tensor] | None = None
+                         ) -> Iterator[dict[str, jax.Array]]:
   """Global eval batches of `split`: {"images": [B, 1, S, S, C], "labels": [B], "mask": [B]}."""
-  ds = create_eval_dataset(config, split=split)
+  ds = create_eval_dataset(config, split=split, image_fn=image_fn)
   return (to_global_arrays(batch, mesh) for batch in ds.as_numpy_iterator())

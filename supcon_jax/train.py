@@ -5,6 +5,7 @@ pure functions it jits. The SupCon loss runs under `jax.shard_map` so each devic
 anchors against the all-gathered global batch: exact over the global batch, O(local × global)
 memory per device.
 """
+import dataclasses
 import functools
 import signal
 import threading
@@ -220,11 +221,23 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Pretrains (resuming from `workdir` if it holds a checkpoint) and returns final metrics."""
-  config_lib.validate(config)
-  mesh = sharding.create_mesh()
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """What the config determines before any array exists; shared by training and evaluation."""
+  data: input_pipeline.DatasetInfo
+  model: Any
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  steps_per_epoch: int
+  total_steps: int
+  init_fn: Any  # rng -> TrainState
+  state_shape: Any  # TrainState of jax.ShapeDtypeStruct
+  state_shardings: Any
 
+
+def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh) -> Experiment:
+  """Validates `config` and derives data facts, model, optimizer and the state's layout."""
+  config_lib.validate(config)
   data = _prepared_dataset_info(config)
   steps_per_epoch = data.num_train_examples // config.batch_size
   if steps_per_epoch == 0:
@@ -236,20 +249,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = optim.create_optimizer(config.optim, schedule)
   model = models.build_model(
       config.model, classifier_trains_encoder=config.method == "cross_entropy")
-
   init_fn = functools.partial(create_train_state, model=model, tx=tx,
                               image_shape=data.image_shape)
-  rng = jax.random.PRNGKey(config.seed)
-  state_shape = jax.eval_shape(init_fn, rng)
-  state_shardings = sharding.state_shardings(state_shape, mesh, config.train.shard_params)
+  state_shape = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
+  return Experiment(data=data, model=model, tx=tx, schedule=schedule,
+                    steps_per_epoch=steps_per_epoch, total_steps=total_steps, init_fn=init_fn,
+                    state_shape=state_shape,
+                    state_shardings=sharding.state_shardings(state_shape, mesh,
+                                                             config.train.shard_params))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Pretrains (resuming from `workdir` if it holds a checkpoint) and returns final metrics."""
+  mesh = sharding.create_mesh()
+  exp = build_experiment(config, mesh)
+  model, tx, schedule, total_steps = exp.model, exp.tx, exp.schedule, exp.total_steps
+  state_shardings = exp.state_shardings
 
   manager = checkpointing.create_manager(workdir, config)
   if manager.latest_step() is not None:
     state, start_step = checkpointing.restore(
-        manager, checkpointing.abstract_with_shardings(state_shape, state_shardings), config)
+        manager, checkpointing.abstract_with_shardings(exp.state_shape, state_shardings), config)
     logging.info("Resumed from the checkpoint of step %d in %s.", start_step, workdir)
   else:
-    state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
+    state = jax.jit(exp.init_fn, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
     start_step = 0
 
   writer = metrics.create_writer(workdir)

@@ -1,0 +1,315 @@
+"""Linear evaluation of a pretrained encoder: the paper's stage 2, plus kNN, robustness, ECE.
+
+  python -m supcon_jax.linear_eval --config=configs/fashion_mnist.py --workdir=/tmp/supcon_fmnist
+
+The encoder is restored from the pretraining checkpoint in --workdir (latest, or --step),
+frozen, BatchNorm in inference mode, projection head dropped. Representations r of the train
+and test splits are extracted once (sharded over every device), a linear classifier is fitted
+on them with cross-entropy, and the report (JSON, TensorBoard scalars, a t-SNE PNG) goes to
+--output_dir (default WORKDIR/linear_eval).
+"""
+import json
+import os
+import time
+import zlib
+from typing import Any, Iterable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tensorflow as tf
+from absl import app, flags, logging
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
+from tensorflow_datasets.image_classification import corruptions as tfds_corruptions
+
+from supcon_jax import checkpointing, distributed, input_pipeline, losses, metrics, optim
+from supcon_jax import sharding, train
+
+
+# --- Pure pieces: probe, kNN, calibration -----------------------------------------------------
+
+def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, *,
+                     probe_config: ml_collections.ConfigDict, seed: int = 0,
+                     epoch_features: Optional[Iterable[tuple[np.ndarray, np.ndarray]]] = None
+                     ) -> dict[str, jax.Array]:
+  """Fits logits = r W + b by minibatch cross-entropy; returns {"kernel": [D, C], "bias": [C]}.
+
+  features [N, D], labels [N]. With `epoch_features`, epoch e trains on its e-th
+  (features, labels) instead (the paper's freshly augmented views per epoch).
+  """
+  batch = min(probe_config.batch_size, len(features))
+  steps_per_epoch = max(len(features) // batch, 1)
+  total = probe_config.epochs * steps_per_epoch
+  schedule = optim.learning_rate_schedule(probe_config.optim, batch, steps_per_epoch, total)
+  tx = optim.create_optimizer(probe_config.optim, schedule)
+  params = {"kernel": jnp.zeros((features.shape[1], num_classes)),
+            "bias": jnp.zeros((num_classes,))}
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, x, y):
+    loss_fn = lambda p: losses.cross_entropy_loss(x @ p["kernel"] + p["bias"], y)
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  rng = np.random.default_rng(seed)
+  epochs = (iter(epoch_features) if epoch_features is not None
+            else ((features, labels) for _ in range(probe_config.epochs)))
+  for x_all, y_all in epochs:
+    order = rng.permutation(len(x_all))
+    for i in range(steps_per_epoch):
+      idx = order[i * batch:(i + 1) * batch]
+      params, opt_state = step(params, opt_state, x_all[idx], y_all[idx])
+  return params
+
+
+def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
+                test_features: np.ndarray, num_classes: int, k: int = 20,
+                temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
+  """Class scores [M, C] of weighted kNN (Wu et al., 2018): the k most cosine-similar train
+  examples vote for their class with weight exp(similarity / temperature)."""
+  normalise = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  train_n = jnp.asarray(normalise(train_features))
+  train_y = jnp.asarray(train_labels)
+  k = min(k, len(train_features))
+
+  @jax.jit
+  def scores(test_chunk):
+    sims, idx = jax.lax.top_k(test_chunk @ train_n.T, k)
+    votes = jax.nn.one_hot(train_y[idx], num_classes) * jnp.exp(sims / temperature)[..., None]
+    return votes.sum(axis=1)
+
+  test_n = normalise(test_features)
+  return np.concatenate([np.asarray(scores(test_n[i:i + chunk]))
+                         for i in range(0, len(test_n), chunk)])
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+  """ECE (Guo et al., 2017): Σ_bins |bin| / N · |accuracy - mean confidence| over equal-width
+  confidence bins of the top-1 prediction. probs [N, C] rows sum to 1."""
+  confidence = probs.max(axis=1)
+  correct = probs.argmax(axis=1) == labels
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+  ece = 0.0
+  for b in range(bins):
+    in_bin = which == b
+    if in_bin.any():
+      ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+  return float(ece)
+
+
+def accuracies(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  top = np.argsort(-logits, axis=1)
+  return {"top1": float(np.mean(top[:, 0] == labels)),
+          "top5": float(np.mean((top[:, :5] == labels[:, None]).any(axis=1)))}
+
+
+# --- Corruptions ----------------------------------------------------------------------------
+
+def corrupt(image: np.ndarray, name: str, severity: int) -> np.ndarray:
+  """ImageNet-C corruption `name` at `severity` (1-5) of a uint8 [h, w, C] image, with tfds'
+  implementation. Gray images are corrupted as RGB and averaged back; the random draws are
+  seeded by the image, so results repeat."""
+  np.random.seed(zlib.crc32(image.tobytes()) ^ severity)
+  gray = image.shape[-1] == 1
+  rgb = np.repeat(image, 3, axis=-1) if gray else image
+  out = np.asarray(getattr(tfds_corruptions, name)(rgb, severity), np.float32)
+  if gray:
+    out = out.mean(axis=-1, keepdims=True)
+  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _corruption_fn(name: str, severity: int):
+  def fn(image: tf.Tensor) -> tf.Tensor:
+    out = tf.numpy_function(lambda x: corrupt(x, name, severity), [image], tf.uint8)
+    return tf.ensure_shape(out, image.shape)
+  return fn
+
+
+# --- The job --------------------------------------------------------------------------------
+
+def _extract(represent, state, batches) -> tuple[np.ndarray, np.ndarray]:
+  """(r [N, D], labels [N]) of the real (mask=True) examples of eval-style batches."""
+  feats, labels = [], []
+  for batch in batches:
+    r = represent(state, batch["images"])
+    r, y, mask = (multihost_utils.process_allgather(x, tiled=True)
+                  for x in (r, batch["labels"], batch["mask"]))
+    feats.append(np.asarray(r)[np.asarray(mask)])
+    labels.append(np.asarray(y)[np.asarray(mask)])
+  return np.concatenate(feats), np.concatenate(labels)
+
+
+def _restore(config, workdir: str, mesh, step: Optional[int]):
+  exp = train.build_experiment(config, mesh)
+  with checkpointing.create_manager(workdir, config, read_only=True) as manager:
+    state, step = checkpointing.restore(
+        manager, checkpointing.abstract_with_shardings(exp.state_shape, exp.state_shardings),
+        config, step)
+  return exp, state, step
+
+
+def _represent_fn(model, key: str = "representation"):
+  def represent(state, images):
+    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                          images[:, 0], train=False)
+    return outputs[key]
+  return jax.jit(represent)
+
+
+def _baseline(baseline_workdir: str, mesh):
+  """The cross-entropy checkpoint in `baseline_workdir`, under the config it was saved with."""
+  config = ml_collections.ConfigDict(checkpointing.read_saved_config(baseline_workdir))
+  if config.method != "cross_entropy":
+    raise ValueError(f"--baseline_workdir={baseline_workdir} holds a {config.method!r} run; "
+                     "mCE needs a cross_entropy baseline (e.g. configs/fashion_mnist_ce.py).")
+  exp, state, _ = _restore(config, baseline_workdir, mesh, None)
+  return config, state, _represent_fn(exp.model, "logits")
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        output_dir: Optional[str] = None, step: Optional[int] = None,
+                        baseline_workdir: Optional[str] = None) -> dict[str, Any]:
+  """Runs the whole evaluation and writes the report; returns it."""
+  start = time.time()
+  output_dir = output_dir or os.path.join(workdir, "linear_eval")
+  mesh = sharding.create_mesh()
+  exp, state, step = _restore(config, workdir, mesh, step)
+  represent = _represent_fn(exp.model)
+  probe = config.probe
+  num_classes = exp.data.num_classes
+
+  train_x, train_y = _extract(represent, state, input_pipeline.create_eval_iterator(
+      config, mesh, split=config.data.train_split))
+  test_x, test_y = _extract(represent, state, input_pipeline.create_eval_iterator(config, mesh))
+  logging.info("Features: train %s, test %s.", train_x.shape, test_x.shape)
+
+  epoch_features = None
+  if probe.augmented_features:
+    epoch_features = _augmented_epochs(config, mesh, represent, state, exp.steps_per_epoch)
+  params = fit_linear_probe(train_x, train_y, num_classes, probe_config=probe,
+                            seed=config.seed, epoch_features=epoch_features)
+  classify = jax.jit(lambda x: x @ params["kernel"] + params["bias"])
+  test_logits = np.asarray(classify(test_x))
+  report: dict[str, Any] = {
+      "step": int(step), "method": config.method, "dataset": config.data.dataset,
+      "model": config.model.name, "train_examples": len(train_x), "test_examples": len(test_x),
+      **{f"linear_{k}": v for k, v in accuracies(test_logits, test_y).items()},
+      "linear_train_top1": accuracies(np.asarray(classify(train_x)), train_y)["top1"],
+      "knn_top1": float(np.mean(knn_predict(train_x, train_y, test_x, num_classes, probe.knn_k,
+                                            probe.knn_temperature).argmax(1) == test_y)),
+      "ece": expected_calibration_error(np.asarray(jax.nn.softmax(test_logits)), test_y,
+                                        probe.ece_bins),
+  }
+
+  baseline = _baseline(baseline_workdir, mesh) if baseline_workdir else None
+  corruption = {}
+  for name in probe.corruptions:
+    for severity in probe.severities:
+      image_fn = _corruption_fn(name, severity)
+      batches = input_pipeline.create_eval_iterator(config, mesh, split=probe.corruption_split,
+                                                    image_fn=image_fn)
+      x, y = _extract(represent, state, batches)
+      entry = {"top1": accuracies(np.asarray(classify(x)), y)["top1"]}
+      if baseline is not None:
+        base_config, base_state, base_logits = baseline
+        lx, ly = _extract(base_logits, base_state, input_pipeline.create_eval_iterator(
+            base_config, mesh, split=probe.corruption_split, image_fn=image_fn))
+        entry["baseline_top1"] = accuracies(lx, ly)["top1"]
+      corruption[f"{name}/{severity}"] = entry
+  report["corruptions"] = corruption
+  if corruption:
+    report["corruption_mean_top1"] = float(np.mean([e["top1"] for e in corruption.values()]))
+  if baseline is not None and corruption:
+    report["mCE"] = mean_corruption_error(corruption, probe.corruptions, probe.severities)
+
+  os.makedirs(output_dir, exist_ok=True)
+  report["tsne_png"] = plot_tsne(test_x, test_y, os.path.join(output_dir, "tsne.png"),
+                                 probe.tsne_examples, config.seed)
+  report["wall_seconds"] = time.time() - start
+  if jax.process_index() == 0:
+    with open(os.path.join(output_dir, "report.json"), "w") as f:
+      json.dump(report, f, indent=2)
+  writer = metrics.create_writer(output_dir)
+  writer.write_scalars(int(step), {k: v for k, v in report.items()
+                                   if isinstance(v, float)})
+  writer.close()
+  logging.info("Linear evaluation: %s", {k: v for k, v in report.items() if k != "corruptions"})
+  return report
+
+
+def mean_corruption_error(corruption: dict, names, severities) -> float:
+  """mCE (Hendrycks & Dietterich, 2019): mean over corruptions of Σ_s error / Σ_s baseline
+  error, both in the same units; 1.0 means as robust as the baseline, lower is better."""
+  ratios = []
+  for name in names:
+    err = sum(1 - corruption[f"{name}/{s}"]["top1"] for s in severities)
+    base = sum(1 - corruption[f"{name}/{s}"]["baseline_top1"] for s in severities)
+    ratios.append(err / max(base, 1e-12))
+  return float(np.mean(ratios))
+
+
+def _augmented_epochs(config, mesh, represent, state, steps_per_epoch):
+  """Per epoch: features of one freshly augmented view of each train example."""
+  aug = config.copy_and_resolve_references()
+  aug.data.num_views = 1
+  batches = input_pipeline.create_train_iterator(aug, mesh)
+  for _ in range(config.probe.epochs):
+    feats, labels = [], []
+    for _ in range(steps_per_epoch):
+      batch = next(batches)
+      feats.append(np.asarray(multihost_utils.process_allgather(
+          represent(state, batch["images"]), tiled=True)))
+      labels.append(np.asarray(multihost_utils.process_allgather(batch["labels"], tiled=True)))
+    yield np.concatenate(feats), np.concatenate(labels)
+
+
+def plot_tsne(features: np.ndarray, labels: np.ndarray, path: str, max_examples: int,
+              seed: int) -> str:
+  """Writes a PNG of a 2-D t-SNE of up to max_examples features, coloured by class."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+  idx = np.random.default_rng(seed).permutation(len(features))[:max_examples]
+  points = TSNE(n_components=2, init="pca", random_state=seed,
+                perplexity=min(30.0, (len(idx) - 1) / 3)).fit_transform(features[idx])
+  fig, ax = plt.subplots(figsize=(7, 7))
+  scatter = ax.scatter(points[:, 0], points[:, 1], c=labels[idx], cmap="tab10", s=4)
+  ax.legend(*scatter.legend_elements(), title="class", loc="best", fontsize=7)
+  ax.set_title(f"t-SNE of {len(idx)} test representations")
+  ax.set_xticks([])
+  ax.set_yticks([])
+  if jax.process_index() == 0:
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.output_dir, FLAGS.step,
+                      FLAGS.baseline_workdir)
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "The pretraining run's config file.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "The pretraining run's workdir (holds checkpoints/).")
+  flags.DEFINE_string("output_dir", None, "Report directory (default WORKDIR/linear_eval).")
+  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: latest).")
+  flags.DEFINE_string("baseline_workdir", None,
+                      "Workdir of a cross_entropy run: its errors under corruption give mCE.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  distributed.define_flags()
+  app.run(main)

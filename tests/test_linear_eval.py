@@ -1,0 +1,108 @@
+"""Linear evaluation: the pure pieces against constructed data, and the job on a tiny checkpoint."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import test_train
+from configs import base
+from supcon_jax import checkpointing, linear_eval, train
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_eval_config(data_dir):
+  config = test_train.tiny_config(data_dir, num_train_steps=2)
+  config.probe.epochs = 3
+  config.probe.corruptions = ("gaussian_noise", "contrast")
+  config.probe.severities = (1, 5)
+  config.probe.corruption_split = "test[:16]"
+  config.probe.tsne_examples = 40
+  return config
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, fashion_mnist_dir):
+  """Workdirs of a 2-step SupCon run and of a 2-step cross-entropy baseline."""
+  supcon = str(tmp_path_factory.mktemp("supcon"))
+  train.train_and_evaluate(tiny_eval_config(fashion_mnist_dir), supcon)
+  ce_config = tiny_eval_config(fashion_mnist_dir)
+  ce_config.method, ce_config.data.num_views = "cross_entropy", 1
+  baseline = str(tmp_path_factory.mktemp("ce"))
+  train.train_and_evaluate(ce_config, baseline)
+  return supcon, baseline
+
+
+def test_report_has_every_field_and_a_png(fashion_mnist_dir, pretrained, tmp_path):
+  supcon, baseline = pretrained
+  report = linear_eval.evaluate_checkpoint(tiny_eval_config(fashion_mnist_dir), supcon,
+                                           str(tmp_path), baseline_workdir=baseline)
+  for key in ("linear_top1", "linear_top5", "linear_train_top1", "knn_top1",
+              "corruption_mean_top1"):
+    assert 0.0 <= report[key] <= 1.0, key
+  assert report["test_examples"] == test_train.EVAL_EXAMPLES
+  assert report["train_examples"] == 64
+  assert 0.0 <= report["ece"] <= 1.0 and report["mCE"] > 0.0
+  assert set(report["corruptions"]) == {"gaussian_noise/1", "gaussian_noise/5", "contrast/1",
+                                        "contrast/5"}
+  assert all(0 <= e["top1"] <= 1 and 0 <= e["baseline_top1"] <= 1
+             for e in report["corruptions"].values())
+  with open(tmp_path / "report.json") as f:
+    assert json.load(f)["step"] == 2
+  with open(report["tsne_png"], "rb") as f:
+    assert f.read(8) == PNG_SIGNATURE
+  import matplotlib.image  # decodes the whole file
+  assert matplotlib.image.imread(report["tsne_png"]).ndim == 3
+
+
+def test_no_checkpoint_and_mismatched_config_are_clear_errors(fashion_mnist_dir, pretrained,
+                                                              tmp_path):
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    linear_eval.evaluate_checkpoint(tiny_eval_config(fashion_mnist_dir), str(tmp_path))
+  config = tiny_eval_config(fashion_mnist_dir)
+  config.model.head_dims = (32, 8)
+  with pytest.raises(checkpointing.CheckpointMismatchError, match=r"config\.model\.head_dims"):
+    linear_eval.evaluate_checkpoint(config, pretrained[0])
+
+
+def separable(n=600, dim=16, classes=4, seed=0):
+  rng = np.random.default_rng(seed)
+  centres = 5.0 * np.eye(classes, dim)
+  labels = rng.integers(0, classes, n)
+  return (centres[labels] + rng.normal(scale=0.5, size=(n, dim))).astype(np.float32), labels
+
+
+def test_probe_and_knn_reach_100_percent_on_separable_features():
+  x, y = separable()
+  test_x, test_y = separable(seed=1)
+  config = base.get_config().probe
+  params = linear_eval.fit_linear_probe(x, y, 4, probe_config=config)
+  logits = test_x @ np.asarray(params["kernel"]) + np.asarray(params["bias"])
+  assert linear_eval.accuracies(logits, test_y)["top1"] == 1.0
+  scores = linear_eval.knn_predict(x, y, test_x, 4, k=20)
+  assert np.mean(scores.argmax(1) == test_y) == 1.0
+
+
+def test_ece_of_calibrated_and_overconfident_classifiers():
+  rng = np.random.default_rng(0)
+  n = 200_000
+  confidence = rng.uniform(0.5, 1.0, n)
+  labels = np.zeros(n, int)
+  predicted = np.where(rng.uniform(size=n) < confidence, 0, 1)  # right with prob = confidence
+  probs = np.stack([np.where(predicted == 0, confidence, 1 - confidence),
+                    np.where(predicted == 0, 1 - confidence, confidence)], axis=1)
+  assert linear_eval.expected_calibration_error(probs, labels) < 0.01
+  overconfident = np.stack([np.full(n, 0.99), np.full(n, 0.01)], axis=1)
+  labels_half = (rng.uniform(size=n) < 0.5).astype(int)  # right half the time
+  assert linear_eval.expected_calibration_error(overconfident, labels_half) == pytest.approx(
+      0.49, abs=0.01)
+
+
+def test_corruptions_change_images_repeatably_and_keep_gray_images_gray():
+  image = (np.random.default_rng(0).uniform(size=(28, 28, 1)) * 255).astype(np.uint8)
+  for name in base.get_config().probe.corruptions:
+    out = linear_eval.corrupt(image, name, 3)
+    assert out.shape == image.shape and out.dtype == np.uint8, name
+    assert not np.array_equal(out, image), name
+    np.testing.assert_array_equal(out, linear_eval.corrupt(image, name, 3))
