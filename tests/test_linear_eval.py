@@ -106,3 +106,12 @@ def test_corruptions_change_images_repeatably_and_keep_gray_images_gray():
     assert out.shape == image.shape and out.dtype == np.uint8, name
     assert not np.array_equal(out, image), name
     np.testing.assert_array_equal(out, linear_eval.corrupt(image, name, 3))
+
+
+def test_probe_on_freshly_augmented_views_each_epoch(fashion_mnist_dir, pretrained, tmp_path):
+  config = tiny_eval_config(fashion_mnist_dir)
+  config.probe.augmented_features = True
+  config.probe.corruptions = ()
+  report = linear_eval.evaluate_checkpoint(config, pretrained[0], str(tmp_path))
+  assert 0.0 <= report["linear_top1"] <= 1.0
+  assert "mCE" not in report and report["corruptions"] == {}
