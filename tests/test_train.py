@@ -121,6 +121,26 @@ def test_one_step_on_8_devices_equals_one_step_on_1_device(fashion_mnist_dir):
   assert_trees_close(sharded.batch_stats, single.batch_stats, rtol=1e-4, atol=1e-6)
 
 
+def test_fsdp_sharded_state_takes_the_same_step_as_replicated(fashion_mnist_dir):
+  """train.shard_params splits parameters and optimizer state over the data axis."""
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  results = []
+  for shard in (False, True):
+    config = tiny_config(fashion_mnist_dir, **{"train.shard_params": shard})
+    exp = train.build_experiment(config, mesh)
+    state = jax.jit(exp.init_fn, out_shardings=exp.state_shardings)(jax.random.PRNGKey(0))
+    if shard:
+      kernel = state.params["encoder"]["stage4_block1"]["conv2"]["kernel"]
+      assert len(kernel.sharding.device_set) == 8 and not kernel.sharding.is_fully_replicated
+    step = jax.jit(functools.partial(train.train_step, model=exp.model, tx=exp.tx,
+                                     schedule=exp.schedule, config=config, mesh=mesh),
+                   in_shardings=(exp.state_shardings, None),
+                   out_shardings=(exp.state_shardings, None))
+    state, _ = step(state, _fixed_batch(config, mesh))
+    results.append(jax.device_get(state.params))
+  assert_trees_close(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("num_devices,microbatches", [(1, 4), (8, 2)])
 def test_gradient_caching_equals_the_full_batch_update(fashion_mnist_dir, num_devices,
                                                        microbatches):
