@@ -278,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = metrics.create_writer(workdir)
   if start_step == 0:
     parameter_overview.log_parameter_overview(state.params)
-    writer.write_hparams({k: v for k, v in flatten_config(config).items()})
+    writer.write_hparams(flatten_config(config))
 
   batch_sharding = sharding.batch_sharding(mesh)
   step_fn = jax.jit(
