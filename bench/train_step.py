@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
-from supcon_jax import sharding, train
+from supcon_jax import experiment, sharding, train
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
 PEAK_FLOPS = {
@@ -35,9 +35,8 @@ def main(argv):
   del argv
   config = FLAGS.config
   mesh = sharding.create_mesh()
-  exp = train.build_experiment(config, mesh)
-  state = jax.jit(exp.init_fn, out_shardings=exp.state_shardings)(
-      jax.random.PRNGKey(config.seed))
+  exp = experiment.build_experiment(config, mesh)
+  state = exp.init_state(config.seed)
   step_fn = jax.jit(
       functools.partial(train.train_step, model=exp.model, tx=exp.tx, schedule=exp.schedule,
                         config=config, mesh=mesh),

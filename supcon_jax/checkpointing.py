@@ -21,10 +21,13 @@ def checkpoint_dir(workdir: str) -> str:
 
 def create_manager(workdir: str, config: ml_collections.ConfigDict,
                    read_only: bool = False) -> ocp.CheckpointManager:
-  """Async manager that keeps the last `train.keep_checkpoints` and saves every K steps."""
+  """Async manager that keeps the last `train.keep_checkpoints`.
+
+  When to save is the trainer's decision (every train.checkpoint_every_steps, at the end, on
+  preemption): orbax's own interval logic would also save the first step of every run.
+  """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints,
-      save_interval_steps=config.train.checkpoint_every_steps,
       enable_async_checkpointing=True,
       read_only=read_only,
       create=not read_only)
@@ -33,11 +36,11 @@ def create_manager(workdir: str, config: ml_collections.ConfigDict,
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
-         config: ml_collections.ConfigDict, force: bool = False) -> bool:
-  """Saves (asynchronously) if `step` is on the save interval or `force`; returns whether."""
-  return manager.save(step, args=ocp.args.Composite(
+         config: ml_collections.ConfigDict) -> None:
+  """Saves `state` and `config` as the checkpoint of `step` (asynchronously)."""
+  manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
-      config=ocp.args.JsonSave(config.to_dict())), force=force)
+      config=ocp.args.JsonSave(config.to_dict())), force=True)
 
 
 def _differences(saved: Any, current: Any, prefix: str) -> list[str]:
@@ -100,9 +103,3 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state)))
   return restored["state"], step
-
-
-def abstract_with_shardings(state_shape: Any, shardings: Any) -> Any:
-  """ShapeDtypeStructs carrying the shardings a restored state should have."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state_shape, shardings)

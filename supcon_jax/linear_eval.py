@@ -10,10 +10,15 @@ on them with cross-entropy, and the report (JSON, TensorBoard scalars, a t-SNE P
 """
 import json
 import os
+import threading
 import time
 import zlib
 from typing import Any, Iterable, Optional
 
+from supcon_jax import console
+
+console.import_tensorflow_quietly()  # before the modules below import it
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,8 +30,8 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tensorflow_datasets.image_classification import corruptions as tfds_corruptions
 
-from supcon_jax import checkpointing, distributed, input_pipeline, losses, metrics, optim
-from supcon_jax import sharding, train
+from supcon_jax import checkpointing, distributed, experiment, input_pipeline, losses, metrics
+from supcon_jax import optim, sharding
 
 
 # --- Pure pieces: probe, kNN, calibration -----------------------------------------------------
@@ -44,7 +49,7 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int,
   steps_per_epoch = max(len(features) // batch, 1)
   total = probe_config.epochs * steps_per_epoch
   schedule = optim.learning_rate_schedule(probe_config.optim, batch, steps_per_epoch, total)
-  tx = optim.create_optimizer(probe_config.optim, schedule)
+  tx = optim.create_optimizer(probe_config.optim, schedule, "config.probe.optim")
   params = {"kernel": jnp.zeros((features.shape[1], num_classes)),
             "bias": jnp.zeros((num_classes,))}
   opt_state = tx.init(params)
@@ -111,14 +116,34 @@ def accuracies(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 # --- Corruptions ----------------------------------------------------------------------------
 
+class _SeededNumpy:
+  """numpy as tfds' corruption module sees it, except that `random` is an explicit generator."""
+
+  def __init__(self, random_state: np.random.RandomState):
+    self.random = random_state
+
+  def __getattr__(self, name: str):
+    return getattr(np, name)
+
+
+# tfds' corruption functions draw from `np.random` (the module-global generator); each call
+# gets its own seeded generator instead, swapped in under this lock.
+_CORRUPTION_LOCK = threading.Lock()
+
+
 def corrupt(image: np.ndarray, name: str, severity: int) -> np.ndarray:
   """ImageNet-C corruption `name` at `severity` (1-5) of a uint8 [h, w, C] image, with tfds'
-  implementation. Gray images are corrupted as RGB and averaged back; the random draws are
-  seeded by the image, so results repeat."""
-  np.random.seed(zlib.crc32(image.tobytes()) ^ severity)
+  implementation. Gray images are corrupted as RGB and averaged back; the random draws come
+  from a generator seeded by the image and severity, so results repeat."""
   gray = image.shape[-1] == 1
   rgb = np.repeat(image, 3, axis=-1) if gray else image
-  out = np.asarray(getattr(tfds_corruptions, name)(rgb, severity), np.float32)
+  generator = np.random.RandomState(zlib.crc32(image.tobytes()) ^ severity)
+  with _CORRUPTION_LOCK:
+    tfds_corruptions.np = _SeededNumpy(generator)
+    try:
+      out = np.asarray(getattr(tfds_corruptions, name)(rgb, severity), np.float32)
+    finally:
+      tfds_corruptions.np = np
   if gray:
     out = out.mean(axis=-1, keepdims=True)
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
@@ -146,11 +171,9 @@ def _extract(represent, state, batches) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _restore(config, workdir: str, mesh, step: Optional[int]):
-  exp = train.build_experiment(config, mesh)
+  exp = experiment.build_experiment(config, mesh)
   with checkpointing.create_manager(workdir, config, read_only=True) as manager:
-    state, step = checkpointing.restore(
-        manager, checkpointing.abstract_with_shardings(exp.state_shape, exp.state_shardings),
-        config, step)
+    state, step = checkpointing.restore(manager, exp.abstract_state(), config, step)
   return exp, state, step
 
 
@@ -187,7 +210,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   train_x, train_y = _extract(represent, state, input_pipeline.create_eval_iterator(
       config, mesh, split=config.data.train_split))
   test_x, test_y = _extract(represent, state, input_pipeline.create_eval_iterator(config, mesh))
-  logging.info("Features: train %s, test %s.", train_x.shape, test_x.shape)
+  logging.info("Restored step %d of %s; representations of %d train and %d test examples "
+               "(%d-d) in %s.", step, workdir, len(train_x), len(test_x), train_x.shape[1],
+               console.duration(time.time() - start))
 
   epoch_features = None
   if probe.augmented_features:
@@ -205,7 +230,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                                             probe.knn_temperature).argmax(1) == test_y)),
       "ece": expected_calibration_error(np.asarray(jax.nn.softmax(test_logits)), test_y,
                                         probe.ece_bins),
+      "per_class_top1": {name: float(np.mean(test_logits[test_y == c].argmax(1) == c))
+                         for c, name in enumerate(exp.data.label_names) if np.any(test_y == c)},
   }
+  logging.info("Linear probe (%d epochs): test top-1 %.2f%%, train top-1 %.2f%%; kNN top-1 "
+               "%.2f%%.", probe.epochs, 100 * report["linear_top1"],
+               100 * report["linear_train_top1"], 100 * report["knn_top1"])
 
   baseline = _baseline(baseline_workdir, mesh) if baseline_workdir else None
   corruption = {}
@@ -222,6 +252,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
             base_config, mesh, split=probe.corruption_split, image_fn=image_fn))
         entry["baseline_top1"] = accuracies(lx, ly)["top1"]
       corruption[f"{name}/{severity}"] = entry
+    logging.info("Corruption %s: top-1 %s at severities %s.", name, " ".join(
+        f"{100 * corruption[f'{name}/{s}']['top1']:.1f}%" for s in probe.severities),
+                 tuple(probe.severities))
   report["corruptions"] = corruption
   if corruption:
     report["corruption_mean_top1"] = float(np.mean([e["top1"] for e in corruption.values()]))
@@ -229,8 +262,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     report["mCE"] = mean_corruption_error(corruption, probe.corruptions, probe.severities)
 
   os.makedirs(output_dir, exist_ok=True)
-  report["tsne_png"] = plot_tsne(test_x, test_y, os.path.join(output_dir, "tsne.png"),
-                                 probe.tsne_examples, config.seed)
+  report["tsne_png"] = plot_tsne(test_x, test_y, exp.data.label_names,
+                                 os.path.join(output_dir, "tsne.png"), probe.tsne_examples,
+                                 config.seed)
   report["wall_seconds"] = time.time() - start
   if jax.process_index() == 0:
     with open(os.path.join(output_dir, "report.json"), "w") as f:
@@ -239,7 +273,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   writer.write_scalars(int(step), {k: v for k, v in report.items()
                                    if isinstance(v, float)})
   writer.close()
-  logging.info("Linear evaluation: %s", {k: v for k, v in report.items() if k != "corruptions"})
+  logging.info("Result: linear probe top-1 %.2f%% (top-5 %.2f%%) on %d %s examples of %s, "
+               "step %d; kNN %.2f%%; ECE %.3f%s%s. Report: %s (%s).",
+               100 * report["linear_top1"], 100 * report["linear_top5"], len(test_x),
+               config.data.eval_split, config.data.dataset, step, 100 * report["knn_top1"],
+               report["ece"],
+               (f"; mean top-1 under corruption {100 * report['corruption_mean_top1']:.2f}%"
+                if corruption else ""),
+               f"; mCE {report['mCE']:.3f}" if "mCE" in report else "",
+               os.path.join(output_dir, "report.json"), console.duration(report["wall_seconds"]))
   return report
 
 
@@ -269,9 +311,12 @@ def _augmented_epochs(config, mesh, represent, state, steps_per_epoch):
     yield np.concatenate(feats), np.concatenate(labels)
 
 
-def plot_tsne(features: np.ndarray, labels: np.ndarray, path: str, max_examples: int,
-              seed: int) -> str:
-  """Writes a PNG of a 2-D t-SNE of up to max_examples features, coloured by class."""
+def plot_tsne(features: np.ndarray, labels: np.ndarray, label_names: tuple[str, ...], path: str,
+              max_examples: int, seed: int) -> Optional[str]:
+  """Writes a PNG of a 2-D t-SNE of up to max_examples features, coloured and labelled by
+  class; returns its path, or None when max_examples is 0 (no plot)."""
+  if max_examples == 0:
+    return None
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -280,8 +325,13 @@ def plot_tsne(features: np.ndarray, labels: np.ndarray, path: str, max_examples:
   points = TSNE(n_components=2, init="pca", random_state=seed,
                 perplexity=min(30.0, (len(idx) - 1) / 3)).fit_transform(features[idx])
   fig, ax = plt.subplots(figsize=(7, 7))
-  scatter = ax.scatter(points[:, 0], points[:, 1], c=labels[idx], cmap="tab10", s=4)
-  ax.legend(*scatter.legend_elements(), title="class", loc="best", fontsize=7)
+  cmap = plt.get_cmap("tab20" if len(label_names) > 10 else "tab10")
+  for c in np.unique(labels[idx]):
+    where = labels[idx] == c
+    ax.scatter(points[where, 0], points[where, 1], s=4, color=cmap(int(c) % cmap.N),
+               label=label_names[c])
+  if len(label_names) <= 20:  # a legend of ImageNet's 1000 names would hide the plot
+    ax.legend(title="class", loc="best", fontsize=7, markerscale=3)
   ax.set_title(f"t-SNE of {len(idx)} test representations")
   ax.set_xticks([])
   ax.set_yticks([])
@@ -297,6 +347,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.setup(FLAGS.verbose)
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.output_dir, FLAGS.step,
                       FLAGS.baseline_workdir)
@@ -312,4 +363,5 @@ if __name__ == "__main__":
                       "Workdir of a cross_entropy run: its errors under corruption give mCE.")
   flags.mark_flags_as_required(["config", "workdir"])
   distributed.define_flags()
+  console.define_flags()
   app.run(main)

@@ -5,45 +5,26 @@ pure functions it jits. The SupCon loss runs under `jax.shard_map` so each devic
 anchors against the all-gathered global batch: exact over the global batch, O(local × global)
 memory per device.
 """
-import dataclasses
 import functools
+import json
+import os
 import signal
 import threading
 import time
 from typing import Any, Iterable, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
 from clu import metric_writers, parameter_overview
+from etils import epath
 from jax.sharding import Mesh, PartitionSpec as P
 
-from supcon_jax import checkpointing, config_lib, input_pipeline, losses, metrics, models
-from supcon_jax import optim, sharding
-
-
-class TrainState(flax.struct.PyTreeNode):
-  """Everything a resumed run needs besides the data position (which is `step`)."""
-  step: jax.Array  # int32 []
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  rng: jax.Array  # uint32 [2], the run's base key; step keys are fold_in(rng, step)
-
-
-def create_train_state(rng: jax.Array, *, model, tx: optax.GradientTransformation,
-                       image_shape: tuple[int, ...]) -> TrainState:
-  """Initial state for images of `image_shape` = (H, W, C)."""
-  init_rng, state_rng = jax.random.split(rng)
-  variables = model.init(init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
-                         train=False)
-  params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                    rng=state_rng)
+from supcon_jax import checkpointing, console, experiment, input_pipeline, losses, metrics
+from supcon_jax import sharding
+from supcon_jax.experiment import TrainState
 
 
 def contrastive_loss(z: jax.Array, labels: Optional[jax.Array], config: ml_collections.ConfigDict,
@@ -221,63 +202,49 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-  """What the config determines before any array exists; shared by training and evaluation."""
-  data: input_pipeline.DatasetInfo
-  model: Any
-  tx: optax.GradientTransformation
-  schedule: optax.Schedule
-  steps_per_epoch: int
-  total_steps: int
-  init_fn: Any  # rng -> TrainState
-  state_shape: Any  # TrainState of jax.ShapeDtypeStruct
-  state_shardings: Any
-
-
-def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh) -> Experiment:
-  """Validates `config` and derives data facts, model, optimizer and the state's layout."""
-  config_lib.validate(config)
-  data = _prepared_dataset_info(config)
-  steps_per_epoch = data.num_train_examples // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
-                     f"{data.num_train_examples} training examples of {config.data.dataset}.")
-  total_steps = config.num_train_steps or int(round(config.num_epochs * steps_per_epoch))
-  schedule = optim.learning_rate_schedule(config.optim, config.batch_size, steps_per_epoch,
-                                         total_steps)
-  tx = optim.create_optimizer(config.optim, schedule)
-  model = models.build_model(
-      config.model, classifier_trains_encoder=config.method == "cross_entropy")
-  init_fn = functools.partial(create_train_state, model=model, tx=tx,
-                              image_shape=data.image_shape)
-  state_shape = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
-  return Experiment(data=data, model=model, tx=tx, schedule=schedule,
-                    steps_per_epoch=steps_per_epoch, total_steps=total_steps, init_fn=init_fn,
-                    state_shape=state_shape,
-                    state_shardings=sharding.state_shardings(state_shape, mesh,
-                                                             config.train.shard_params))
+def _describe_run(config: ml_collections.ConfigDict, exp: experiment.Experiment, state,
+                  workdir: str, start_step: int) -> None:
+  """Writes config.json and parameters.txt to the workdir and says what runs, in a few lines."""
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  if jax.process_index() == 0:  # epath: the workdir may be on GCS.
+    path = epath.Path(workdir)
+    (path / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    (path / "parameters.txt").write_text(
+        parameter_overview.get_parameter_overview(state.params) + "\n")
+  d = exp.data
+  logging.info("%s on %s: %d train / %d eval examples, %d classes, input %s.", config.method,
+               config.data.dataset, d.num_train_examples, d.num_eval_examples, d.num_classes,
+               "x".join(map(str, d.image_shape)))
+  logging.info("Model %s: %.2fM parameters (table: %s).", config.model.name, num_params / 1e6,
+               os.path.join(workdir, "parameters.txt"))
+  logging.info("%d %s device(s) in %d process(es); global batch %d; %d steps (%.4g epochs of "
+               "%d steps)%s.", jax.device_count(), jax.devices()[0].platform,
+               jax.process_count(), config.batch_size, exp.total_steps,
+               exp.total_steps / exp.steps_per_epoch, exp.steps_per_epoch,
+               f", resuming at step {start_step}" if start_step else "")
+  logging.info("Workdir %s: checkpoints every %d steps in checkpoints/, config.json; "
+               "TensorBoard: tensorboard --logdir %s", workdir,
+               config.train.checkpoint_every_steps, workdir)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Pretrains (resuming from `workdir` if it holds a checkpoint) and returns final metrics."""
+  started = time.time()
   mesh = sharding.create_mesh()
-  exp = build_experiment(config, mesh)
+  exp = experiment.build_experiment(config, mesh)
   model, tx, schedule, total_steps = exp.model, exp.tx, exp.schedule, exp.total_steps
   state_shardings = exp.state_shardings
 
   manager = checkpointing.create_manager(workdir, config)
   if manager.latest_step() is not None:
-    state, start_step = checkpointing.restore(
-        manager, checkpointing.abstract_with_shardings(exp.state_shape, state_shardings), config)
-    logging.info("Resumed from the checkpoint of step %d in %s.", start_step, workdir)
+    state, start_step = checkpointing.restore(manager, exp.abstract_state(), config)
   else:
-    state = jax.jit(exp.init_fn, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
+    state = exp.init_state(config.seed)
     start_step = 0
+  _describe_run(config, exp, state, workdir, start_step)
 
   writer = metrics.create_writer(workdir)
   if start_step == 0:
-    parameter_overview.log_parameter_overview(state.params)
     writer.write_hparams(flatten_config(config))
 
   batch_sharding = sharding.batch_sharding(mesh)
@@ -312,15 +279,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _check_finite(step_metrics, step, manager)
         summary = metrics.mean_of(pending)
         del summary["finite"]
-        elapsed = time.time() - last_log[1]
+        elapsed = max(time.time() - last_log[1], 1e-9)
+        steps_per_sec = (step - last_log[0]) / elapsed
         summary["images_per_sec_per_device"] = (
-            (step - last_log[0]) * config.batch_size / max(elapsed, 1e-9) / jax.device_count())
+            steps_per_sec * config.batch_size / jax.device_count())
         writer.write_scalars(step, summary)
+        logging.info("%s", console.progress_line(step, total_steps, summary, steps_per_sec,
+                                                 steps_per_sec * config.batch_size))
         result.update(summary)
         pending, last_log = [], (step, time.time())
-      if preempted or is_last or manager.should_save(step):
+      if step == start_step + 1:  # time from here on, so that compilation is not in steps/s
+        last_log = (step, time.time())
+      if preempted or is_last or step % config.train.checkpoint_every_steps == 0:
         _check_finite(step_metrics, step, manager)  # never save a state after a bad update
-        checkpointing.save(manager, step, state, config, force=preempted or is_last)
+        checkpointing.save(manager, step, state, config)
       if preempted:
         manager.wait_until_finished()
         logging.warning("Preempted: saved the checkpoint of step %d; rerun the same command "
@@ -330,34 +302,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return result
       if (config.train.eval_every_steps > 0 and step % config.train.eval_every_steps == 0
           and not is_last):
-        writer.write_scalars(step, evaluate(
-            eval_fn, state, input_pipeline.create_eval_iterator(config, mesh)))
+        eval_metrics = evaluate(eval_fn, state,
+                                input_pipeline.create_eval_iterator(config, mesh))
+        writer.write_scalars(step, eval_metrics)
+        logging.info("%s", _eval_line(step, eval_metrics))
     eval_metrics = evaluate(eval_fn, state, input_pipeline.create_eval_iterator(config, mesh))
     writer.write_scalars(step, eval_metrics)
     result.update(eval_metrics)
   manager.wait_until_finished()
   manager.close()
-  logging.info("Finished at step %d: %s", step, result)
+  logging.info("Result: %s after %d steps (%s). Linear evaluation of the frozen encoder: "
+               "python -m supcon_jax.linear_eval --config=... --workdir=%s",
+               _eval_line(step, eval_metrics), step, console.duration(time.time() - started),
+               workdir)
   return result
 
 
-def _prepared_dataset_info(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
-  """Dataset facts; a single-process run prepares a small dataset on first use, like tfds.load.
-
-  ImageNet (a manual download) and multi-host runs (every host would write) must be prepared
-  beforehand: their error says how.
-  """
-  try:
-    return input_pipeline.dataset_info(config)
-  except FileNotFoundError as not_prepared:
-    if jax.process_count() > 1 or config.data.dataset == "imagenet2012":
-      raise
-    logging.info("Preparing %s with tfds (first run).", config.data.dataset)
-    try:
-      input_pipeline.prepare_dataset(config)
-    except Exception as e:
-      raise not_prepared from e
-    return input_pipeline.dataset_info(config)
+def _eval_line(step: int, eval_metrics: dict[str, float]) -> str:
+  return (f"online probe top-1 {100 * eval_metrics['probe_eval_top1']:.2f}% "
+          f"(top-5 {100 * eval_metrics['probe_eval_top5']:.2f}%) on "
+          f"{int(eval_metrics['eval_examples'])} eval examples at step {step}")
 
 
 def _check_finite(step_metrics: dict, step: int, manager) -> None:
