@@ -4,8 +4,8 @@ Each (implementation, batch size) runs in its own subprocess, so peak memory is 
 from the repository root, in a venv with bench/requirements.txt (the PyTorch rows are skipped,
 with a message, where torch or pytorch-metric-learning is missing):
 
-  python bench/loss.py                          # 1024, 4096, 8192 samples x 2 views x 128-d
-  python bench/loss.py --sizes 1024,4096 --repeats 2   # quicker
+  python -m bench.loss                          # 1024, 4096, 8192 samples x 2 views x 128-d
+  python -m bench.loss --sizes 1024,4096 --repeats 2   # quicker
 
 Rows:
   matmul x4     4 x the best time of one [2B, D] @ [D, 2B] float32 product in JAX (summed, so
@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMPLS = ("matmul", "jax_dense", "jax_blockwise", "torch_dense", "pml")
 LABELS = {"matmul": "matmul x4 (floor)", "jax_dense": "jax dense", "jax_blockwise":
           "jax blockwise", "torch_dense": "torch dense", "pml": "pml SupConLoss"}
@@ -96,7 +97,6 @@ def _run_jax(impl: str, size: int, views: int, dim: int, repeats: int, block_siz
     result = _measure(lambda: float(product(a, a + 1)), max(repeats, 10))
     return dict(result, time_s=4 * result["time_s"], cpu_s=4 * result["cpu_s"], loss=None,
                 device=jax.devices()[0].device_kind)
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
   from supcon_jax.losses import supcon_loss
 
   if impl == "jax_dense":
@@ -163,12 +163,13 @@ def _run_case(impl: str, size: int, args) -> dict:
     if missing:
       return dict(skipped=f"{' and '.join(missing)} not installed (pip install -r "
                   "bench/requirements.txt)")
-  command = [sys.executable, os.path.abspath(__file__), "--child", impl, "--size", str(size),
+  command = [sys.executable, "-m", "bench.loss", "--child", impl, "--size", str(size),
              "--views", str(args.views), "--dim", str(args.dim), "--repeats", str(args.repeats)]
   if args.block_size:
     command += ["--block-size", str(args.block_size)]
   try:
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout,
+                          cwd=_REPO)
   except subprocess.TimeoutExpired:
     return dict(skipped=f"over --timeout {args.timeout} s")
   for line in proc.stdout.splitlines():

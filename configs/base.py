@@ -6,6 +6,26 @@ these fields, never stored here, so command-line overrides cannot leave them sta
 import ml_collections
 
 
+def optimizer_defaults() -> ml_collections.ConfigDict:
+  """The keys of an optimizer section (config.optim and config.probe.optim), with defaults."""
+  o = ml_collections.ConfigDict()
+  o.name = "lars"  # lars | sgd | rmsprop | adamw
+  # Peak learning rate = base_lr * batch_size / 256.
+  o.base_lr = 0.3
+  o.warmup_epochs = 1.0
+  o.schedule = "cosine"  # cosine | constant (after warmup)
+  o.weight_decay = 1e-6
+  o.momentum = 0.9
+  o.nesterov = False
+  o.trust_coefficient = 1e-3
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.eps = 1e-8
+  o.rmsprop_decay = 0.9
+  o.grad_clip_norm = 0.0  # 0 disables clipping
+  return o
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -94,21 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.block_size = ml_collections.FieldReference(None, field_type=int)
 
   # --- Optimizer (supcon_jax/optim.py) -----------------------------------------------------
-  c.optim = ml_collections.ConfigDict()
-  c.optim.name = "lars"  # lars | sgd | rmsprop | adamw
-  # Peak learning rate = base_lr * batch_size / 256.
-  c.optim.base_lr = 0.3
-  c.optim.warmup_epochs = 1.0
-  c.optim.schedule = "cosine"  # cosine | constant (after warmup)
-  c.optim.weight_decay = 1e-6
-  c.optim.momentum = 0.9
-  c.optim.nesterov = False
-  c.optim.trust_coefficient = 1e-3
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.eps = 1e-8
-  c.optim.rmsprop_decay = 0.9
-  c.optim.grad_clip_norm = 0.0  # 0 disables clipping
+  c.optim = optimizer_defaults()
 
   # --- Trainer (supcon_jax/train.py) -------------------------------------------------------
   c.train = ml_collections.ConfigDict()
@@ -135,20 +141,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Features of freshly augmented train views each epoch (the paper), instead of fixed
   # eval-preprocessed ones: more faithful, one encoder pass over the train split per epoch.
   c.probe.augmented_features = False
-  c.probe.optim = ml_collections.ConfigDict()
+  # The probe's optimizer: the optimizer defaults, except for these.
+  c.probe.optim = optimizer_defaults()
   c.probe.optim.name = "sgd"
   c.probe.optim.base_lr = 0.5  # per 256 examples
   c.probe.optim.warmup_epochs = 0.0
-  c.probe.optim.schedule = "cosine"
   c.probe.optim.weight_decay = 0.0
-  c.probe.optim.momentum = 0.9
-  c.probe.optim.nesterov = False
-  c.probe.optim.trust_coefficient = 1e-3
-  c.probe.optim.b1 = 0.9
-  c.probe.optim.b2 = 0.999
-  c.probe.optim.eps = 1e-8
-  c.probe.optim.rmsprop_decay = 0.9
-  c.probe.optim.grad_clip_norm = 0.0
   c.probe.knn_k = 20
   c.probe.knn_temperature = 0.07
   c.probe.ece_bins = 15

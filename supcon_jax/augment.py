@@ -36,6 +36,8 @@ import keras
 import ml_collections
 import tensorflow as tf
 
+from supcon_jax import checks
+
 # (uint8 image [h, w, C], seed int32 [2]) -> float32 view [S, S, C] in [0, 1].
 ViewFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -317,8 +319,7 @@ def make_view_fn(data: ml_collections.ConfigDict) -> ViewFn:
 
   Every policy starts with a random resized crop to `data.image_size` and a horizontal flip.
   """
-  if data.augment not in POLICIES:
-    raise ValueError(f"Unknown augmentation data.augment={data.augment!r}; known: {POLICIES}.")
+  checks.check_choice("config.data.augment", data.augment, POLICIES)
   colour = data.augment in ("simclr", "stacked_randaugment")
   steps: list[_Op] = []
   if colour:

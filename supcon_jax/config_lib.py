@@ -2,28 +2,24 @@
 import jax
 import ml_collections
 
-from supcon_jax import losses, optim
+from supcon_jax import checks, losses, optim
 
 METHODS = ("supcon", "simclr", "cross_entropy")
 
 
 def _fail(field: str, value, expected: str) -> None:
-  raise ValueError(f"Bad config: {field}={value!r}; {expected}.")
+  checks.check(field, value, False, expected)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for the first bad trainer-level value (models and data check theirs)."""
-  if config.method not in METHODS:
-    _fail("config.method", config.method, f"expected one of {METHODS}")
-  if config.optim.name not in optim.OPTIMIZERS:
-    _fail("config.optim.name", config.optim.name, f"expected one of {optim.OPTIMIZERS}")
-  if config.optim.schedule not in ("cosine", "constant"):
-    _fail("config.optim.schedule", config.optim.schedule, "expected 'cosine' or 'constant'")
+  checks.check_choice("config.method", config.method, METHODS)
+  optim.validate(config.optim, "config.optim")
+  optim.validate(config.probe.optim, "config.probe.optim")
   for field, choices in (("contrast_mode", losses.CONTRAST_MODES),
                          ("summation", losses.SUMMATIONS),
                          ("denominator", losses.DENOMINATORS)):
-    if config.loss[field] not in choices:
-      _fail(f"config.loss.{field}", config.loss[field], f"expected one of {choices}")
+    checks.check_choice(f"config.loss.{field}", config.loss[field], choices)
   if not config.loss.temperature > 0:
     _fail("config.loss.temperature", config.loss.temperature, "it must be > 0")
   if config.batch_size <= 0 or config.batch_size % jax.device_count():

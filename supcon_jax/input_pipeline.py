@@ -22,7 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from jax.sharding import Mesh
 
-from supcon_jax import augment, sharding
+from supcon_jax import augment, checks, sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +75,12 @@ class DatasetInfo:
   num_eval_examples: int  # In data.eval_split.
   num_classes: int
   image_shape: tuple[int, int, int]  # (H, W, C) of the model input.
+  label_names: tuple[str, ...]  # tfds' names of the classes, by label index.
 
 
 def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   name = config.data.dataset
-  if name not in _DATASETS:
-    raise ValueError(f"Unknown dataset data.dataset={name!r}; known: {sorted(_DATASETS)}.")
+  checks.check_choice("config.data.dataset", name, sorted(_DATASETS))
   return tfds.builder(name, data_dir=config.data.data_dir)
 
 
@@ -143,7 +143,8 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
       num_train_examples=_size(_read(config, builder, config.data.train_split)),
       num_eval_examples=_size(_read(config, builder, config.data.eval_split)),
       num_classes=builder.info.features["label"].num_classes,
-      image_shape=(size, size, builder.info.features["image"].shape[-1]))
+      image_shape=(size, size, builder.info.features["image"].shape[-1]),
+      label_names=tuple(builder.info.features["label"].names))
 
 
 def process_split(split: str, process_index: int, process_count: int) -> str:

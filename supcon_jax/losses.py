@@ -7,14 +7,11 @@ import jax.numpy as jnp
 import optax
 from jax.ad_checkpoint import checkpoint_name
 
+from supcon_jax import checks
+
 CONTRAST_MODES = ("all", "one")
 SUMMATIONS = ("outside", "inside")
 DENOMINATORS = ("all", "one_positive", "only_negatives")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-  if value not in choices:
-    raise ValueError(f"supcon_loss: unknown {name}={value!r}; expected one of {choices}.")
 
 
 def _check_positive(name: str, value) -> None:
@@ -223,9 +220,9 @@ def supcon_loss(
   if labels is not None and labels.shape != (batch,):
     raise ValueError(
         f"supcon_loss: labels must have shape [B] = ({batch},), got {labels.shape}.")
-  _check_choice("contrast_mode", contrast_mode, CONTRAST_MODES)
-  _check_choice("summation", summation, SUMMATIONS)
-  _check_choice("denominator", denominator, DENOMINATORS)
+  checks.check_choice("supcon_loss contrast_mode", contrast_mode, CONTRAST_MODES)
+  checks.check_choice("supcon_loss summation", summation, SUMMATIONS)
+  checks.check_choice("supcon_loss denominator", denominator, DENOMINATORS)
   _check_positive("temperature", temperature)
   if base_temperature is not None:
     _check_positive("base_temperature", base_temperature)

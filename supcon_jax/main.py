@@ -5,24 +5,30 @@
 Every config field can be overridden on the command line, e.g. `--config.batch_size=1024`.
 On several hosts, run the same command on each: SLURM, Open MPI and Cloud TPU slices are
 detected; elsewhere pass --coordinator_address, --num_processes and --process_id.
+`--verbose` also shows the libraries' INFO logs (orbax, tfds, clu, jax).
 """
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from supcon_jax import distributed, train
+from supcon_jax import console
+
+console.import_tensorflow_quietly()  # before the modules below import it
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from supcon_jax import distributed, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints and metrics go here; a run resumes from it.")
 flags.mark_flags_as_required(["config", "workdir"])
 distributed.define_flags()
+console.define_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.setup(FLAGS.verbose)
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  logging.info("Config:\n%s", FLAGS.config)
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

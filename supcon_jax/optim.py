@@ -5,7 +5,10 @@ import jax
 import ml_collections
 import optax
 
+from supcon_jax import checks
+
 OPTIMIZERS = ("lars", "sgd", "rmsprop", "adamw")
+SCHEDULES = ("cosine", "constant")
 
 # Leaves named like this are BatchNorm / LayerNorm parameters or biases: the paper's LARS
 # recipe (as SimCLR's) applies neither weight decay nor the trust ratio to them.
@@ -18,6 +21,12 @@ def decay_mask(params: Any) -> Any:
     name = getattr(path[-1], "key", getattr(path[-1], "name", str(path[-1])))
     return name not in _UNDECAYED_NAMES
   return jax.tree_util.tree_map_with_path(is_decayed, params)
+
+
+def validate(optim_config: ml_collections.ConfigDict, prefix: str) -> None:
+  """Raises ValueError naming the first bad choice of `optim_config` (called `prefix`)."""
+  checks.check_choice(f"{prefix}.name", optim_config.name, OPTIMIZERS)
+  checks.check_choice(f"{prefix}.schedule", optim_config.schedule, SCHEDULES)
 
 
 def learning_rate_schedule(optim_config: ml_collections.ConfigDict, batch_size: int,
@@ -38,9 +47,11 @@ def learning_rate_schedule(optim_config: ml_collections.ConfigDict, batch_size: 
       decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
 
 
-def create_optimizer(optim_config: ml_collections.ConfigDict,
-                     schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The optimizer named by `optim_config.name`, with weight decay masked by `decay_mask`."""
+def create_optimizer(optim_config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                     prefix: str = "config.optim") -> optax.GradientTransformation:
+  """The optimizer named by `optim_config.name` (the config section `prefix`), with weight
+  decay masked by `decay_mask`."""
+  validate(optim_config, prefix)
   o = optim_config
   if o.name == "lars":
     tx = optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=decay_mask,
@@ -53,12 +64,9 @@ def create_optimizer(optim_config: ml_collections.ConfigDict,
     tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
                      optax.rmsprop(schedule, decay=o.rmsprop_decay, eps=o.eps,
                                    momentum=o.momentum))
-  elif o.name == "adamw":
+  else:  # adamw
     tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                      mask=decay_mask)
-  else:
-    raise ValueError(f"Unknown optimizer name={o.name!r} (config.optim.name or "
-                     f"config.probe.optim.name); expected one of {OPTIMIZERS}.")
   if o.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
   return tx

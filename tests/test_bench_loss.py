@@ -1,19 +1,14 @@
-"""bench/loss.py runs end to end on a tiny size and says why it skips what it cannot run."""
+"""bench.loss runs end to end on a tiny size and says why it skips what it cannot run."""
 import argparse
-import importlib.util
-import pathlib
 
 import pytest
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "loss.py"
+from bench import loss
 
 
 @pytest.fixture(scope="module")
 def bench():
-  spec = importlib.util.spec_from_file_location("bench_loss", _PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return loss
 
 
 def test_jax_rows_agree_and_fill_the_table(bench, capsys):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from supcon_jax import checks
 from supcon_jax.models import heads, resnet, vit
 
 # name -> (stage_sizes, block)
@@ -67,32 +68,22 @@ class SupConModel(nn.Module):
     return {"representation": r.astype(jnp.float32), "projection": z, "logits": logits}
 
 
-def _check_choice(field: str, value: Any, choices: Sequence[Any]) -> None:
-  if value not in choices:
-    raise ValueError(f"model.{field}={value!r} is unknown; expected one of {tuple(choices)}.")
-
-
-def _check(field: str, value: Any, ok: bool, expected: str) -> None:
-  if not ok:
-    raise ValueError(f"model.{field}={value!r} is invalid; expected {expected}.")
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first invalid field of the model config (config.model)."""
-  _check_choice("name", config.name, ENCODERS)
-  _check_choice("stem", config.stem, resnet.STEMS)
-  _check_choice("norm", config.norm, resnet.NORMS)
-  _check_choice("pool", config.pool, vit.POOLS)
-  _check_choice("dtype", config.dtype, tuple(DTYPES))
-  _check("width", config.width, config.width > 0 and int(64 * config.width) > 0,
+  checks.check_choice("config.model.name", config.name, ENCODERS)
+  checks.check_choice("config.model.stem", config.stem, resnet.STEMS)
+  checks.check_choice("config.model.norm", config.norm, resnet.NORMS)
+  checks.check_choice("config.model.pool", config.pool, vit.POOLS)
+  checks.check_choice("config.model.dtype", config.dtype, tuple(DTYPES))
+  checks.check("config.model.width", config.width, config.width > 0 and int(64 * config.width) > 0,
          "a multiplier with 64 * width >= 1")
-  _check("bn_momentum", config.bn_momentum, 0 <= config.bn_momentum < 1, "a value in [0, 1)")
-  _check("bn_epsilon", config.bn_epsilon, config.bn_epsilon > 0, "> 0")
-  _check("num_classes", config.num_classes, config.num_classes >= 1, ">= 1")
-  _check("head_dims", config.head_dims,
+  checks.check("config.model.bn_momentum", config.bn_momentum, 0 <= config.bn_momentum < 1, "a value in [0, 1)")
+  checks.check("config.model.bn_epsilon", config.bn_epsilon, config.bn_epsilon > 0, "> 0")
+  checks.check("config.model.num_classes", config.num_classes, config.num_classes >= 1, ">= 1")
+  checks.check("config.model.head_dims", config.head_dims,
          len(config.head_dims) >= 1 and all(d >= 1 for d in config.head_dims),
          "one or more positive layer widths")
-  _check("patch_size", config.patch_size, config.patch_size is None or config.patch_size >= 1,
+  checks.check("config.model.patch_size", config.patch_size, config.patch_size is None or config.patch_size >= 1,
          "None (from the name) or >= 1")
 
 
