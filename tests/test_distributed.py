@@ -202,3 +202,17 @@ def test_metadata_lookup_off_gce_is_none(monkeypatch):
   assert distributed.gce_metadata("worker-network-endpoints") is None
   monkeypatch.setattr(distributed, "_libtpu_installed", lambda: True)
   assert distributed.tpu_slice_processes() is None
+
+
+@pytest.mark.parametrize("result,status", [({"probe_eval_top1": 0.5}, 0),
+                                           ({"preempted_at_step": 4.0}, 75)])
+def test_main_exits_75_when_the_run_saved_and_stopped_early(monkeypatch, result, status):
+  """75 (EX_TEMPFAIL) tells launch/tpu.sh and train.sbatch to resume rather than evaluate."""
+  from supcon_jax import main as main_lib
+  from supcon_jax import train
+  monkeypatch.setattr(train, "train_and_evaluate", lambda *a: result)
+  main_lib.FLAGS(["main", "--config=configs/fashion_mnist.py", "--workdir=/nonexistent"])
+  try:
+    assert main_lib.main(["main"]) == status
+  finally:
+    main_lib.FLAGS.unparse_flags()
