@@ -28,13 +28,13 @@
 #   --config       [CONFIG]        configs/imagenet_r50.py
 #   --run          [RUN]           workdir name under gs://BUCKET/runs/ (default: config's name)
 #   --spot         [SPOT=1]        spot capacity (preemptible; --max-attempts re-creations)
-#   --max-attempts [MAX_ATTEMPTS]  slices `job` creates at most (default 5)
+#   --max-attempts [MAX_ATTEMPTS]  slices or resumptions `job` tries at most (default 5)
 #   --repo         [REPO]          https URL the workers clone (default: origin, as https)
 #   --ref          [REF]           commit the workers check out (default: HEAD, if pushed)
 #   --dry-run      [DRY_RUN=1]     print the gcloud commands instead of running them
 set -euo pipefail
 
-usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
 
 PROJECT="${PROJECT:-}"
 ACCELERATOR="${ACCELERATOR:-v5p-128}"
@@ -312,7 +312,8 @@ start_job() {  # start_job train|eval
     --config.data.data_dir="gs://$BUCKET/tensorflow_datasets" ${EXTRA[@]+"${EXTRA[@]}"}
 }
 
-# jax.distributed joins all workers at once: --worker=all runs them concurrently.
+# jax.distributed joins all workers at once; --worker=all runs the command on them
+# simultaneously (https://cloud.google.com/sdk/gcloud/reference/compute/tpus/tpu-vm/ssh).
 preflight() {
   tpus tpu-vm ssh "$TPU_NAME" --worker=all --command="cd ~/supcon_jax && \
 SUPCON_TPU_SLICE=1 .venv/bin/python -m supcon_jax.preflight --expect_platform=tpu \

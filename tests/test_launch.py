@@ -140,7 +140,8 @@ def scenario(states, train, evaluation=(("ok",),), workers=2):
 
 def test_there_are_scripts():
   names = {os.path.relpath(s, REPO) for s in SCRIPTS}
-  assert {"launch/tpu.sh", "launch/local_multiprocess.sh", "launch/slurm/train.sbatch"} <= names
+  assert {"launch/tpu.sh", "launch/local_multiprocess.sh", "launch/prepare_imagenet.sh",
+          "launch/slurm/train.sbatch"} <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: os.path.relpath(s, REPO))
@@ -368,3 +369,17 @@ def test_slurm_starts_one_task_per_gpu():
   with open(os.path.join(REPO, "launch", "slurm", "train.sbatch")) as f:
     directives = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", f.read(), re.M))
   assert directives["ntasks-per-node"] == directives["gpus-per-node"]
+
+
+def test_imagenet_preparation_requires_the_validation_tar(tmp_path):
+  """tfds' imagenet2012 builder only warns when ILSVRC2012_img_val.tar is missing."""
+  script = os.path.join(REPO, "launch", "prepare_imagenet.sh")
+  (tmp_path / "ILSVRC2012_img_train.tar").write_bytes(b"x")
+  args = ["bash", script, "--dry-run", "--bucket=bk", f"--manual_dir={tmp_path}"]
+  proc = subprocess.run(args, capture_output=True, text=True)
+  assert proc.returncode == 2 and "ILSVRC2012_img_val.tar is missing" in proc.stderr
+  (tmp_path / "ILSVRC2012_img_val.tar").write_bytes(b"x")
+  proc = subprocess.run(args, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr
+  assert (f"build imagenet2012 --data_dir=gs://bk/tensorflow_datasets --manual_dir={tmp_path}"
+          in proc.stdout)
