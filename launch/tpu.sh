@@ -176,13 +176,18 @@ worker_setup() {
 # output in ~/NAME.log, its pid in ~/NAME.pid and, when it ends, its exit status in ~/NAME.exit.
 # SUPCON_TPU_SLICE=1 tells supcon_jax.distributed to join the slice with jax.distributed.
 worker_start() {
-  local name="$1"; shift
-  cd ~/supcon_jax
+  local name="$1" i; shift
+  cd ~/supcon_jax || return 1
   rm -f ~/"$name".exit ~/"$name".pid ~/"$name".stopped
   # shellcheck disable=SC2016  # expanded by the inner bash: $0 is ~/NAME, $@ the module's args
   SUPCON_TPU_SLICE=1 nohup bash -c \
     '.venv/bin/python -m "$@" & echo "$!" > "$0.pid"; wait "$!"; echo "$?" > "$0.exit"' \
     ~/"$name" "$@" < /dev/null >> ~/"$name".log 2>&1 &
+  for ((i = 0; i < 100; i++)); do  # until the pid is on disk, so a poll never sees "gone"
+    [ ! -f ~/"$name".pid ] || return 0
+    sleep 0.1
+  done
+  return 1
 }
 
 # worker_status NAME: "supcon-status running|exit:N|stopped:N|gone" for this worker.
@@ -263,9 +268,11 @@ wait_active() {
   done
 }
 
-# Polls every worker's NAME job until it ends. Returns 0 when all exited 0; 75 when the slice
-# was preempted, or the job saved and exited 75 on SIGTERM (maintenance), and should resume;
-# 2 when stopped by `stop`; 1 on a failure, after stopping the other workers.
+# Polls every worker's NAME job until it ends. Returns 0 when all exited 0; 2 when stopped by
+# `stop`; 1 when one failed; 75 when it should resume: the slice was preempted, the job saved
+# and exited 75 on SIGTERM (maintenance with autocheckpoint), or a worker lost its processes or
+# stopped answering (maintenance without). On 1 and on a lost worker the others are stopped:
+# they would wait for it in their collectives forever, at full cost.
 watch_job() {
   local name="$1" workers out lines statuses misses=0
   [ "$DRY_RUN" != 1 ] || return 0
@@ -280,16 +287,19 @@ watch_job() {
     statuses="$(echo "$lines" | sort | uniq -c | tr -s ' \n' ' ')"
     echo "tpu.sh: $name:$statuses"
     if [ "$(echo "$lines" | grep -c .)" != "$workers" ]; then
-      misses=$((misses + 1))  # ssh to some worker failed: a passing fault, or a dead host
+      misses=$((misses + 1))  # ssh to some worker failed: a passing fault, or a host is down
       if [ "$misses" -ge 3 ]; then
-        echo "tpu.sh: $workers workers, but only these answered: $statuses" >&2
+        echo "tpu.sh: of $workers workers only these answered:$statuses; resuming" >&2
         on_workers worker_stop 0 "$name" >/dev/null 2>&1 || true
-        return 1
+        return 75
       fi
     elif echo "$lines" | grep -q '^stopped:'; then
       return 2
+    elif echo "$lines" | grep -q '^gone$'; then
+      echo "tpu.sh: a worker lost its $name process (host restarted?); resuming" >&2
+      on_workers worker_stop 0 "$name" >/dev/null 2>&1 || true
+      return 75
     elif echo "$lines" | grep -qv '^running$\|^exit:0$\|^exit:75$'; then
-      # One worker failed or vanished: the others would wait for it forever at full cost.
       echo "tpu.sh: $name failed on a worker; stopping the others. Last lines:" >&2
       on_workers worker_stop 0 "$name" >/dev/null 2>&1 || true
       tpus tpu-vm ssh "$TPU_NAME" --worker=all \

@@ -32,8 +32,9 @@ echo "$FAKE_WORKER uv $*" >> "$FAKE_GCLOUD_DIR/setup.log"
 if [ "$1" = venv ]; then mkdir -p .venv/bin && cp "$FAKE_GCLOUD_DIR/stubs/python" .venv/bin/python; fi
 """
 # The venv's python: logs its command line, then acts out the next line of ~/.fake_<job>:
-# ok, fail, maintenance (saved on SIGTERM: exit 75), hang (until SIGTERM, then save: 75), or
-# preempt (the queued resource goes SUSPENDED, then hang).
+# ok, fail, maintenance (saved on SIGTERM: exit 75), hang (until SIGTERM, then save: 75),
+# vanish (killed with its wrapper, no exit status: a host restart), or preempt (the queued
+# resource goes SUSPENDED, then hang).
 TRAINER = """#!/bin/bash
 log="$FAKE_GCLOUD_DIR/python.log"
 printf '%s %s %s\\n' "$FAKE_WORKER" "${SUPCON_TPU_SLICE:-unset}" "$(printf '%q ' "$@")" >> "$log"
@@ -53,6 +54,7 @@ case "$behaviour" in
   ok) exit 0 ;;
   fail) echo "worker $FAKE_WORKER: boom" >&2; exit 1 ;;
   maintenance) exit 75 ;;
+  vanish) kill -KILL "$PPID" "$$" ;;
   preempt) echo SUSPENDED > "$FAKE_GCLOUD_DIR/forced_state"; hang ;;
   hang) hang ;;
 esac
@@ -280,6 +282,17 @@ def test_maintenance_stop_resumes_on_the_same_slice(cloud):
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert cloud.names().count("queued-resources create") == 1
   assert cloud.names().count("tpu-vm ssh worker_start train") == 2
+
+
+def test_a_worker_that_lost_its_process_stops_the_others_and_resumes(cloud):
+  proc = cloud.tpu("--accelerator=v6e-16", "job",
+                   scenario=scenario([["ACTIVE"]], [[["vanish", "ok"], ["hang", "ok"]]]))
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "lost its train process" in proc.stderr
+  assert "1 train SIGTERM" in cloud.log("python.log")
+  names = cloud.names()
+  assert names.count("queued-resources create") == 1
+  assert names.count("tpu-vm ssh worker_start train") == 2
 
 
 def test_preemptions_are_bounded_and_the_slice_is_deleted(cloud):
