@@ -215,11 +215,15 @@ worker_stop() {
 }
 
 # Runs one worker function on every worker (or --worker=W as $1 before the function's name).
+# Prints the call without the shipped function bodies.
 on_workers() {
-  local worker=all
+  local worker=all call
   case "$1" in --worker=*) worker="${1#*=}"; shift ;; esac
-  tpus tpu-vm ssh "$TPU_NAME" --worker="$worker" \
-    --command="$(declare -f worker_setup worker_start worker_status worker_stop); $(printf '%q ' "$@")"
+  call="$(printf '%q ' "$@")"
+  echo "gcloud compute tpus tpu-vm ssh $TPU_NAME --worker=$worker --command='<worker_* of tpu.sh>; $call'"
+  [ "$DRY_RUN" = 1 ] || gcloud compute tpus tpu-vm ssh "$TPU_NAME" \
+    ${PROJECT_FLAGS[@]+"${PROJECT_FLAGS[@]}"} --zone="$ZONE" --worker="$worker" \
+    --command="$(declare -f worker_setup worker_start worker_status worker_stop); $call"
 }
 
 # --- Control side. ---------------------------------------------------------------------------
