@@ -7,7 +7,7 @@ Where the job's processes come from, first match wins:
      coordinator from JAX_COORDINATOR_ADDRESS, which the launcher exports to every rank;
   3. SLURM (SLURM_NTASKS > 1 inside an srun step): jax's own detection, one device per process;
   4. a Cloud TPU VM slice: launch/tpu.sh says so (SUPCON_TPU_SLICE=1), or the GCE metadata that
-     jax's GceTpuCluster reads lists the slice's workers. On TPU VMs the only marker is that
+     jax's GceTpuCluster reads lists several workers. On TPU VMs the only marker is that
      metadata (TPU_WORKER_HOSTNAMES is set by GKE only).
 Whatever the route, a job of several processes without a jax.distributed client is refused
 here, at start-up: orbax needs the client for every multi-host checkpoint and for the
@@ -109,9 +109,9 @@ def _detected_job() -> Tuple[Optional[Dict[str, Any]], int]:
                        "with srun (see launch/slurm/train.sbatch).")
     return {}, slurm_tasks
   tpu_processes = tpu_slice_processes()
-  if tpu_processes is not None:
-    # JAX's multi-process guide: on Cloud TPU every process calls initialize() with no
-    # arguments, single-host slices too (it then sets up the preemption service as well).
+  if tpu_processes is not None and (tpu_processes > 1 or os.environ.get(TPU_SLICE_ENV) == "1"):
+    # On Cloud TPU jax finds every argument itself. A single-host VM started by hand stays a
+    # plain process; through tpu.sh it joins too, which also starts jax's preemption service.
     return {}, tpu_processes
   return None, 1
 

@@ -100,6 +100,14 @@ def test_launcher_flag_starts_jax_distributed_on_a_single_host_slice_too(metadat
   assert fake_jax.calls == [{}]
 
 
+def test_single_host_tpu_vm_started_by_hand_stays_a_plain_process(metadata_server, monkeypatch,
+                                                                  fake_jax):
+  metadata_server["worker-network-endpoints"] = "t1v-n-0-w-0"
+  monkeypatch.setattr(distributed, "_libtpu_installed", lambda: True)
+  distributed.initialize()
+  assert not fake_jax.calls
+
+
 def test_launcher_flag_without_metadata_is_an_error(monkeypatch, fake_jax):
   monkeypatch.setenv(distributed.TPU_SLICE_ENV, "1")
   monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:1")  # nothing listens there
