@@ -278,9 +278,11 @@ wait_active() {
 # stopped answering (maintenance without). On 1 and on a lost worker the others are stopped:
 # they would wait for it in their collectives forever, at full cost.
 watch_job() {
-  local name="$1" workers out lines statuses misses=0
+  local name="$1" workers out lines statuses answered misses=0
   [ "$DRY_RUN" != 1 ] || return 0
-  workers="$(describe tpu-vm 'networkEndpoints[].ipAddress' | tr ',' ';' | tr ';' '\n' | grep -c . || true)"
+  # gcloud's len() transform (gcloud topic projections); without a number, any answer counts.
+  workers="$(describe tpu-vm 'networkEndpoints.len()')"
+  case "$workers" in ''|*[!0-9]*) workers=0 ;; esac
   while :; do
     case "$(describe queued-resources state.state)" in
       ACTIVE) ;;
@@ -290,7 +292,8 @@ watch_job() {
     lines="$(echo "$out" | sed -n 's/^supcon-status //p')"
     statuses="$(echo "$lines" | sort | uniq -c | tr -s ' \n' ' ')"
     echo "tpu.sh: $name:$statuses"
-    if [ "$(echo "$lines" | grep -c .)" != "$workers" ]; then
+    answered="$(echo "$lines" | grep -c . || true)"
+    if [ "$answered" = 0 ] || { [ "$workers" != 0 ] && [ "$answered" != "$workers" ]; }; then
       misses=$((misses + 1))  # ssh to some worker failed: a passing fault, or a host is down
       if [ "$misses" -ge 3 ]; then
         echo "tpu.sh: of $workers workers only these answered:$statuses; resuming" >&2

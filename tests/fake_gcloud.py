@@ -109,7 +109,8 @@ def main(argv):
     if fmt == "value(state)":
       print("READY" if ready else "CREATING")
     else:
-      print(";".join(f"10.0.0.{i}" for i in range(scenario["workers"])))
+      assert fmt == "value(networkEndpoints.len())", fmt
+      print(scenario["workers"])
   elif kind == "tpu-vm" and verb == "ssh":
     if _state(state) != "ACTIVE":
       print("ERROR: ssh: connect to host: Connection refused", file=sys.stderr)
