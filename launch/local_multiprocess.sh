@@ -30,14 +30,15 @@ log_dir="${LOG_DIR:-$(mktemp -d)}"
 port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')"
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+# bash < 4.4 (macOS: 3.2) calls an empty array unbound under set -u, hence ${a[@]+...}.
+cleanup() { for p in ${pids[@]+"${pids[@]}"}; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 for ((i = 0; i < processes; i++)); do
   (cd "$here" && JAX_PLATFORMS=cpu \
     XLA_FLAGS="--xla_force_host_platform_device_count=$devices" \
     exec "$python" -m "$module" --coordinator_address="localhost:$port" \
-      --num_processes="$processes" --process_id="$i" "$@") > "$log_dir/process_$i.log" 2>&1 &
+      --num_processes="$processes" --process_id="$i" ${1+"$@"}) > "$log_dir/process_$i.log" 2>&1 &
   pids+=("$!")
 done
 echo "$processes processes x $devices devices; logs in $log_dir"

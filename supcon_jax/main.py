@@ -23,13 +23,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 distributed.define_flags()
 console.define_flags()
 
+# Exit status of a run that saved and stopped early (SIGTERM, preemption, maintenance): "try
+# again" (sysexits' EX_TEMPFAIL), so launchers resume it rather than go on to evaluation.
+EXIT_PREEMPTED = 75
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.setup(FLAGS.verbose)
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  return EXIT_PREEMPTED if "preempted_at_step" in result else 0
 
 
 if __name__ == "__main__":
