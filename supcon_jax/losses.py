@@ -288,8 +288,8 @@ def supcon_loss(
       at most k positives besides the other views of its own sample, namely all views of
       the k / V other samples that share most labels with it (min(m, 1) largest; the lowest
       global sample index first among equals, so the choice is deterministic and the same
-      sharded or not). The positives it drops leave the "all" denominator too (they stay
-      out of N(i)). The loss is then computed on the label weights, as with label vectors.
+      sharded or not). The positives it drops leave the "all" denominator too, and do not
+      become negatives.
     axis_name: set when called inside `jax.shard_map` over that mesh axis, with the local
       shard [B_local, V, ...] (and [B_local] or [B_local, L] labels). Local views are the
       anchors; the contrast set is all-gathered (differentiably) from every device along
@@ -313,15 +313,16 @@ def supcon_loss(
   Differences from the released code, where we follow the paper's eq. 2 and 3:
     1. With one view per sample (V = 1) the released code divides each anchor's loss by
        |P(i)| a second time and averages over all anchors, those without a positive adding
-       0; here the loss is the mean over anchors with a positive of their own loss (as for
-       V > 1, where both agree because every anchor has a positive).
+       0 (as it also does for an all-0 label vector); here the loss is the mean of the
+       anchors' own losses over anchors with a positive. With V > 1 and class ids every
+       anchor has a positive, and both agree.
     2. With "only_negatives", an anchor without negatives makes the released loss NaN
        (log of an empty sum); here that anchor adds nothing, and the loss is 0 when no
        anchor has both a positive and a negative.
     With label vectors, the released code also puts the anchor itself in its denominators
-    with weight 1 - l_i·l_i and lets weights 1 - m go below 0 (m > 1); here the anchor is
-    never in its own sums and those weights stop at 0. Neither arises with class ids or
-    one-hot vectors.
+    with weight 1 - l_i·l_i and lets weights 1 - m go below 0 (m > 1), which makes its loss
+    NaN for any sample with two labels or more; here the anchor is never in its own sums
+    and those weights stop at 0. Neither arises with class ids or one-hot vectors.
 
   Raises:
     ValueError: features of rank < 3, labels not [B] or [B, L], an unknown mode, a
