@@ -35,10 +35,11 @@ def reference_supcon(features, labels, *, temperature, base_temperature=None,
 
   Features [B, V, ...] are flattened per view. A view j of sample c is, for an anchor i of
   sample a (j ≠ i), a positive with weight m_ac = l_a·l_c and a negative with weight
-  max(1 - m_ac, 0). With a cap k, anchor i keeps the positives of its own sample and of the
-  k / V other samples with the largest min(m_ac, 1), lower sample index first; the dropped
-  ones also leave the "all" denominator. The loss is the paper's: the mean over anchors
-  with a positive (and a negative, for "only_negatives").
+  1 - m_ac. With a cap k, anchor i keeps the positives of its own sample and of the k / V
+  other samples with the largest min(m_ac, 1), lower sample index first; the dropped ones
+  also leave the "all" denominator. Where supcon_loss documents that it follows the paper
+  instead, so does this: the anchor is in none of its own sums, weights stop at 0, and the
+  loss is the mean over anchors with a positive (and a negative, for "only_negatives").
   """
   batch, views = features.shape[:2]
   z = np.asarray(features, np.float64).reshape(batch * views, -1)
