@@ -112,6 +112,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Anchors whose logits are computed at once (recomputed in the backward pass): memory is
   # O(block × global batch). None: automatic (512 anchors, less for huge contrast sets).
   c.loss.block_size = ml_collections.FieldReference(None, field_type=int)
+  # At most this many positives per anchor besides its own sample's other views (a multiple
+  # of data.num_views; the released code's positives_cap). None: no cap.
+  c.loss.positives_cap = ml_collections.FieldReference(None, field_type=int)
 
   # --- Optimizer (supcon_jax/optim.py) -----------------------------------------------------
   c.optim = optimizer_defaults()

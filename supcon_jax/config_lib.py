@@ -28,6 +28,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"({jax.process_count()} processes)")
   if config.data.num_views < 1:
     _fail("config.data.num_views", config.data.num_views, "it must be >= 1")
+  cap = config.loss.positives_cap
+  if cap is not None and (cap < 0 or cap % config.data.num_views):
+    _fail("config.loss.positives_cap", cap,
+          f"it must be None or a multiple >= 0 of data.num_views ({config.data.num_views})")
   if config.method == "simclr" and config.data.num_views < 2:
     _fail("config.data.num_views", config.data.num_views,
           "SimCLR's only positives are other views of the same image: use >= 2")

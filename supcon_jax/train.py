@@ -34,7 +34,8 @@ def contrastive_loss(z: jax.Array, labels: Optional[jax.Array], config: ml_colle
       losses.supcon_loss, temperature=config.loss.temperature,
       base_temperature=config.loss.base_temperature, contrast_mode=config.loss.contrast_mode,
       summation=config.loss.summation, denominator=config.loss.denominator,
-      block_size=config.loss.block_size, axis_name=sharding.DATA_AXIS)
+      positives_cap=config.loss.positives_cap, block_size=config.loss.block_size,
+      axis_name=sharding.DATA_AXIS)
   if labels is None:
     return jax.shard_map(lambda f: loss_fn(f, None), mesh=mesh,
                          in_specs=P(sharding.DATA_AXIS), out_specs=P())(z)

@@ -16,36 +16,76 @@ def unit_features(seed: int, batch: int, views: int, dim: int = 16) -> np.ndarra
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def label_weights(labels, batch: int) -> np.ndarray:
+  """[B, B] m_ac = l_a·l_c: the released loss's label product (class ids act as one-hot)."""
+  if labels is None:
+    vectors = np.eye(batch)
+  elif np.ndim(labels) == 1:
+    vectors = np.asarray(labels)[:, None] == np.unique(labels)[None, :]
+  else:
+    vectors = labels
+  vectors = np.asarray(vectors, np.float64)
+  return vectors @ vectors.T
+
+
 def reference_supcon(features, labels, *, temperature, base_temperature=None,
-                     contrast_mode="all", summation="outside", denominator="all"):
-  """The loss written from its definition, one anchor at a time, in float64."""
-  batch, views, dim = features.shape
-  z = np.asarray(features, np.float64).reshape(batch * views, dim)
-  labels = np.arange(batch) if labels is None else np.asarray(labels)
-  view_labels = np.repeat(labels, views)
+                     contrast_mode="all", summation="outside", denominator="all",
+                     positives_cap=None):
+  """The released loss written from its definition, one anchor at a time, in float64.
+
+  Features [B, V, ...] are flattened per view. A view j of sample c is, for an anchor i of
+  sample a (j ≠ i), a positive with weight m_ac = l_a·l_c and a negative with weight
+  1 - m_ac. With a cap k, anchor i keeps the positives of its own sample and of the k / V
+  other samples with the largest min(m_ac, 1), lower sample index first; the dropped ones
+  also leave the "all" denominator. Where supcon_loss documents that it follows the paper
+  instead, so does this: the anchor is in none of its own sums, weights stop at 0, and the
+  loss is the mean over anchors with a positive (and a negative, for "only_negatives").
+  """
+  batch, views = features.shape[:2]
+  z = np.asarray(features, np.float64).reshape(batch * views, -1)
+  m = label_weights(labels, batch)
+  kept = m.copy()
+  if positives_cap is not None:
+    for a in range(batch):
+      ranked = sorted((c for c in range(batch) if c != a), key=lambda c: (-min(m[a, c], 1), c))
+      dropped = ranked[positives_cap // views:]
+      kept[a, dropped] = 0.0
+  sample = np.arange(batch * views) // views
   anchors = range(batch * views) if contrast_mode == "all" else range(0, batch * views, views)
   per_anchor = []
   for i in anchors:
-    s = z @ z[i] / temperature
-    others = [j for j in range(batch * views) if j != i]
-    pos = [j for j in others if view_labels[j] == view_labels[i]]
-    neg = [j for j in others if view_labels[j] != view_labels[i]]
-    if not pos or (denominator == "only_negatives" and not neg):
+    exp = np.exp(z @ z[i] / temperature)
+    not_i = np.arange(batch * views) != i
+    pos_w = kept[sample[i], sample] * not_i
+    neg_w = np.maximum(1 - m[sample[i], sample], 0) * not_i
+    all_w = np.maximum(1 - (m - kept)[sample[i], sample], 0) * not_i
+    if not pos_w.any() or (denominator == "only_negatives" and not neg_w.any()):
       continue
-    ratios = []
-    for p in pos:
-      if denominator == "all":
-        den = sum(np.exp(s[j]) for j in others)
-      elif denominator == "one_positive":
-        den = np.exp(s[p]) + sum(np.exp(s[n]) for n in neg)
-      else:
-        den = sum(np.exp(s[n]) for n in neg)
-      ratios.append(np.exp(s[p]) / den)
-    ratios = np.array(ratios)
-    per_anchor.append(-np.mean(np.log(ratios)) if summation == "outside"
-                      else -np.log(np.mean(ratios)))
+    pos = np.flatnonzero(pos_w)
+    if denominator == "all":
+      den = np.full(len(pos), np.sum(all_w * exp))
+    elif denominator == "one_positive":
+      den = exp[pos] + np.sum(neg_w * exp)
+    else:
+      den = np.full(len(pos), np.sum(neg_w * exp))
+    ratios, weights = exp[pos] / den, pos_w[pos]
+    per_anchor.append(-np.sum(weights * np.log(ratios)) / weights.sum()
+                      if summation == "outside" else
+                      -np.log(np.sum(weights * ratios) / weights.sum()))
   scale = 1.0 if base_temperature is None else temperature / base_temperature
   return scale * np.mean(per_anchor) if per_anchor else 0.0
+
+
+def reference_gradient(features, labels, eps: float = 1e-6, **kwargs) -> np.ndarray:
+  """Central finite differences of reference_supcon in float64."""
+  x = np.asarray(features, np.float64)
+  grad = np.zeros_like(x)
+  for index in np.ndindex(x.shape):
+    step = np.zeros_like(x)
+    step[index] = eps
+    grad[index] = (reference_supcon(x + step, labels, **kwargs)
+                   - reference_supcon(x - step, labels, **kwargs)) / (2 * eps)
+  return grad
 
 
 MODES = list(itertools.product(losses.CONTRAST_MODES, losses.SUMMATIONS, losses.DENOMINATORS))
@@ -63,6 +103,49 @@ def test_matches_reference_with_labels_and_simclr(contrast_mode, summation, deno
                              **kwargs)
     want = reference_supcon(features, lab, **kwargs)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+# Label vectors as the released loss takes them: sample 0 shares two labels with sample 2,
+# sample 3 has none (so no positives, not even its other view).
+MULTI_HOT = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1], [0, 0, 0], [1, 1, 0], [0, 0, 1]])
+SOFT = np.random.default_rng(0).dirichlet(np.ones(3), size=6)
+INT_LABELS = np.array([0, 1, 0, 2, 1, 0])
+# (features, labels, positives_cap, check the gradient too)
+NEW_INPUT_CASES = [
+    (unit_features(20, 6, 2), MULTI_HOT, None, False),
+    (unit_features(21, 6, 2, dim=4), SOFT, None, True),
+    (unit_features(27, 6, 2), SOFT, 0, False),  # one positive, of weight |l_i|² < 1
+    (unit_features(22, 6, 2), INT_LABELS, 2, False),  # each anchor: one other sample's views
+    (unit_features(23, 6, 2), INT_LABELS, 0, False),  # only the anchor's own other view
+    (unit_features(24, 6, 2, dim=4), MULTI_HOT, 2, True),
+    (unit_features(25, 6, 1), INT_LABELS, 1, False),
+    (unit_features(26, 6, 2, dim=6).reshape(6, 2, 2, 3), INT_LABELS, None, False),  # rank 4
+]
+
+
+@pytest.mark.parametrize("contrast_mode,summation,denominator", MODES)
+def test_label_vectors_cap_and_rank_4_features_match_reference(contrast_mode, summation,
+                                                                denominator):
+  kwargs = dict(temperature=0.2, contrast_mode=contrast_mode, summation=summation,
+                denominator=denominator)
+  # One compile for all cases, without LLVM's optimisations (see assert_same_values_and_grads).
+  caps = [cap for _, _, cap, _ in NEW_INPUT_CASES]
+  fn = jax.jit(lambda cases: [
+      jax.value_and_grad(functools.partial(losses.supcon_loss, labels=labels,
+                                           positives_cap=cap, **kwargs))(features)
+      for (features, labels), cap in zip(cases, caps)])
+  cases = [(jnp.asarray(f, jnp.float32), jnp.asarray(lab)) for f, lab, _, _ in NEW_INPUT_CASES]
+  results = fn.lower(cases).compile(
+      compiler_options={"xla_backend_optimization_level": 0})(cases)
+  for (features, labels, cap, check_grad), (value, grad) in zip(NEW_INPUT_CASES, results):
+    case = f"labels {labels.shape} {labels.dtype}, cap {cap}, features {features.shape}"
+    ref_kwargs = dict(kwargs, positives_cap=cap)
+    np.testing.assert_allclose(value, reference_supcon(features, labels, **ref_kwargs),
+                               rtol=1e-5, atol=1e-6, err_msg=case)
+    if check_grad:
+      want = reference_gradient(features, labels, **ref_kwargs)
+      np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(),
+                                 err_msg=case)
 
 
 def test_simclr_with_one_view_has_no_positives_and_is_zero():
@@ -200,6 +283,24 @@ def test_sharded_blockwise_equals_unsharded_dense(contrast_mode, summation, deno
       lambda f: losses.supcon_loss(f, block_size=10**6, **kwargs), features)
 
 
+@pytest.mark.parametrize("contrast_mode,summation,denominator", [
+    ("all", "outside", "all"), ("one", "inside", "one_positive"),
+    ("all", "inside", "only_negatives")])
+def test_sharded_blockwise_label_vectors_with_cap_equal_unsharded_dense(contrast_mode, summation,
+                                                                        denominator):
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  features = jnp.asarray(unit_features(12, batch=24, views=2))
+  # Random multi-hot rows over 4 labels: most pairs share one or two, so a cap of 2 other
+  # samples binds with many ties, which must resolve to the same global samples per shard.
+  labels = jnp.asarray(np.random.default_rng(12).integers(0, 2, size=(24, 4)))
+  kwargs = dict(temperature=0.1, contrast_mode=contrast_mode, summation=summation,
+                denominator=denominator, positives_cap=4)
+  assert_same_values_and_grads(
+      [lambda f, size=size: sharded_loss(mesh, block_size=size, **kwargs)(f, labels)
+       for size in (2, 4)] + [lambda f: losses.supcon_loss(f, labels, block_size=5, **kwargs)],
+      lambda f: losses.supcon_loss(f, labels, block_size=10**6, **kwargs), features)
+
+
 def test_forward_mode_matches_reverse_mode_blockwise():
   features = jnp.asarray(unit_features(10, batch=6, views=2))
   tangent = jnp.asarray(unit_features(11, batch=6, views=2))
@@ -260,8 +361,11 @@ def test_temperature_0_01_matches_reference():
 
 
 @pytest.mark.parametrize("args,kwargs,message", [
-    ((np.zeros((4, 8)),), {}, "rank 3"),
-    ((np.zeros((4, 2, 8)), np.zeros(3, np.int32)), {}, "labels must have shape"),
+    ((np.zeros((4, 8)),), {}, r"rank >= 3"),
+    ((np.zeros((4, 2, 8)), np.zeros(3, np.int32)), {}, r"labels must be \[B\]"),
+    ((np.zeros((4, 2, 8)), np.zeros((4, 2, 3))), {}, r"labels must be \[B\]"),
+    ((np.zeros((4, 2, 8)),), {"positives_cap": 3}, "multiple of the number of views V = 2"),
+    ((np.zeros((4, 2, 8)),), {"positives_cap": -2}, "positives_cap must be None or an int >= 0"),
     ((np.zeros((4, 2, 8)),), {"contrast_mode": "some"}, "contrast_mode"),
     ((np.zeros((4, 2, 8)),), {"summation": "middle"}, "summation"),
     ((np.zeros((4, 2, 8)),), {"denominator": "none"}, "denominator"),

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 from configs import base
 from supcon_jax import checkpointing, config_lib, experiment, input_pipeline, models, optim
 from supcon_jax import train
+from supcon_jax.losses import supcon_loss
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_EXAMPLES = 40  # not a multiple of the batch: the last eval batch is padded
@@ -259,10 +260,29 @@ def test_resuming_under_a_different_model_names_the_field(fashion_mnist_dir, uni
     ({"loss.summation": "middle"}, "config.loss.summation"),
     ({"method": "simclr", "data.num_views": 1}, "config.data.num_views"),
     ({"train.microbatches": 4}, "config.train.microbatches"),
+    ({"loss.positives_cap": 3}, "config.loss.positives_cap"),  # not a multiple of 2 views
 ])
 def test_bad_config_values_name_the_field(overrides, field):
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):
     config_lib.validate(tiny_config(None, **overrides))
+
+
+def test_contrastive_loss_takes_the_configured_positives_cap():
+  """loss.positives_cap reaches supcon_loss (tested against its reference in test_losses)."""
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  z = jax.random.normal(jax.random.PRNGKey(0), (16, 2, 8))
+  z /= jnp.linalg.norm(z, axis=-1, keepdims=True)
+  labels = jnp.arange(16) % 2  # 8 samples per class: a cap of one other sample binds
+  config = tiny_config(None, **{"loss.positives_cap": 2})
+  tau = config.loss.temperature
+  # One compile for the three, without LLVM's optimisations (they are only a few ops).
+  fn = jax.jit(lambda z: (train.contrastive_loss(z, labels, config, mesh),
+                          supcon_loss(z, labels, temperature=tau, positives_cap=2),
+                          supcon_loss(z, labels, temperature=tau)))
+  got, capped, uncapped = fn.lower(z).compile(
+      compiler_options={"xla_backend_optimization_level": 0})(z)
+  np.testing.assert_allclose(got, capped, rtol=1e-6)
+  assert not np.isclose(got, uncapped, rtol=1e-3)
 
 
 def test_unknown_model_names_the_field():
