@@ -183,21 +183,19 @@ def _float_images() -> list[np.ndarray]:
           saturated]
 
 
-JITTER_OPS = [
-    (augment.adjust_brightness, TF.adjust_brightness, [0.0, 0.6, 1.0, 1.4]),
-    (augment.adjust_contrast, TF.adjust_contrast, [0.0, 0.6, 1.0, 1.4]),
-    (augment.adjust_saturation, TF.adjust_saturation, [0.0, 0.6, 1.0, 1.4]),
-    (augment.adjust_hue, TF.adjust_hue, [-0.5, -0.1, 0.0, 0.1, 0.37]),
-]
+TORCHVISION_ADJUSTS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation,
+                       TF.adjust_hue)
+JITTER_FACTORS = ([0.0, 0.6, 1.0, 1.4],) * 3 + ([-0.5, -0.1, 0.0, 0.1, 0.37],)
 
 
-@pytest.mark.parametrize("ours,ref,factors", JITTER_OPS, ids=lambda v: getattr(v, "__name__", ""))
-def test_color_jitter_ops_equal_torchvision(ours, ref, factors):
-  """float32 on both sides; tolerance 2e-6 (hue: 1e-5, a float32 RGB -> HSV -> RGB round trip
-  computed in a different order)."""
+@pytest.mark.parametrize("k", range(4), ids=[f.__name__ for f in TORCHVISION_ADJUSTS])
+def test_color_jitter_adjustments_equal_torchvision(k):
+  """The adjustments data.color_jitter_impl='torchvision' applies, on float32 images on both
+  sides; tolerance 2e-6 (hue: 1e-5, an RGB -> HSV -> RGB round trip computed differently)."""
+  ours, ref = augment.JITTER_ADJUSTS["torchvision"][k], TORCHVISION_ADJUSTS[k]
   atol = 1e-5 if ref is TF.adjust_hue else 2e-6
   for image in _float_images():
-    for factor in factors:
+    for factor in JITTER_FACTORS[k]:
       expected = ref(torch.from_numpy(image).permute(2, 0, 1), factor).permute(1, 2, 0).numpy()
       np.testing.assert_allclose(ours(tf.constant(image), factor), expected, atol=atol,
                                  err_msg=f"{ref.__name__}({factor})")
@@ -248,12 +246,11 @@ def test_color_jitter_applies_the_four_adjustments_in_a_random_order():
     s, h = 0.8 * strength, 0.2 * strength
     factors = [float(replay.uniform(1 - s, 1 + s)) for _ in range(3)] + [
         float(replay.uniform(-h, h))]
-    refs = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
     matches = []
     for order in itertools.permutations(range(4)):
       x = torch.from_numpy(image).permute(2, 0, 1)
       for k in order:
-        x = refs[k](x, factors[k]).clamp(0, 1)
+        x = TORCHVISION_ADJUSTS[k](x, factors[k]).clamp(0, 1)
       if np.abs(x.permute(1, 2, 0).numpy() - out).max() < 2e-5:
         matches.append(order)
     assert matches, f"seed {seed}: no order of torchvision's ops gives our output"
