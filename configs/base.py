@@ -57,15 +57,23 @@ def get_config() -> ml_collections.ConfigDict:
   # stacked_randaugment (SimCLR jitter, RandAugment, grayscale, blur) | crop_flip (the
   # cross-entropy baseline). Every policy starts with a random resized crop and a flip.
   c.data.augment = "simclr"
-  # Random resized crop: fraction of the image area and width/height range (CIFAR: (0.2, 1.0)).
+  # Random resized crop, sampled as the released supcon/preprocessing.py does: fraction of the
+  # image area (CIFAR: (0.2, 1.0)), width/height range, minimum fraction of the image covered,
+  # tries before falling back to the central square.
   c.data.crop_area = (0.08, 1.0)
-  c.data.crop_aspect_ratio = (3 / 4, 4 / 3)
+  c.data.crop_aspect_ratio = (0.75, 1.33)
+  c.data.crop_min_object_covered = 0.1
+  c.data.crop_max_attempts = 100
   # SimCLR colour jitter strength s (brightness/contrast/saturation 0.8 s, hue 0.2 s, p=0.8);
   # 0.5 is SupCon's ColorJitter(0.4, 0.4, 0.4, 0.1), SimCLR's ImageNet runs use 1.0.
   c.data.color_jitter_strength = 0.5
+  # torchvision (ColorJitter: multiplicative brightness, gray-mean contrast; the released code's
+  # use_pytorch_color_jitter, its CIFAR runs) | simclr_tf (additive brightness, per-channel
+  # contrast; the released default, its ImageNet runs). See supcon_jax/augment.py.
+  c.data.color_jitter_impl = "torchvision"
   # Gaussian blur (p=0.5) in simclr and stacked_randaugment; small-image recipes turn it off.
   c.data.blur = True
-  # RandAugment N (ops per image) and M (magnitude, 0..10).
+  # RandAugment N (ops per image) and M (magnitude, 0..10; the released stacked policy uses 10).
   c.data.randaugment_num_ops = 2
   c.data.randaugment_magnitude = 9
 

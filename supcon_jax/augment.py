@@ -5,34 +5,49 @@ A view function maps a decoded image (uint8 [h, w, C], C = 1 or 3) and a seed (i
 `tf.random.experimental.stateless_fold_in`, so a view depends on (image, seed) alone: it is the
 same inside a parallel tf.data map, after a restart and on any host.
 
-Which implementation, and why:
-* Crop, flip and colour jitter of SimCLR are tf.image's stateless ops
-  (`stateless_sample_distorted_bounding_box`, `stateless_random_flip_left_right`,
-  `stateless_random_brightness/contrast/saturation/hue`): the stateless forms of the ops that the
-  reference SimCLR code uses, with the same parameters.
-* The AutoAugment / RandAugment ops with real logic (shear, translate, rotate, equalize,
-  autocontrast, sharpness, posterize) are Keras 3 preprocessing layers, maintained and tested
-  upstream. tf-models-official's `augment.py` would be the other candidate, but it requires the
-  `tensorflow` package (not `tensorflow-cpu`) and tf-keras, which conflicts with tensorflow-cpu
-  2.21. A Keras layer's own `__call__` draws from a `tf.Variable` seed state: in a parallel map
-  the draws depend on thread scheduling and cannot be replayed on resume, and
-  `keras.layers.RandAugment` / `RandomColorJitter` ignore a given seed. So each layer is run as
-  `get_random_transformation(seed=_Seeds(...))` + `transform_images`, and the two policies are
-  composed here from those layers.
-* The PIL-style enhance ops (Color, Contrast, Brightness), Solarize and Invert are one-line blends
-  written here: the Keras layers parameterise them differently (RandomColorDegeneration cannot
-  over-saturate; Solarization scales only the upper end of its threshold range).
-* Gaussian blur is a separable convolution written here: RandomGaussianBlur draws independent x
-  and y sigmas, where SimCLR uses one sigma in [0.1, 2].
+What each policy is, and where its definition comes from (the released TF SupCon code is
+google-research `supcon/preprocessing.py`, which takes AutoAugment and RandAugment from
+tensorflow/models `official/vision/image_classification/augment.py`):
+* The crop samples `tf.image.sample_distorted_bounding_box` like the released `_distorted_crop_window`
+  (whole image as the box, minimum object coverage 0.1, aspect ratio (0.75, 1.33), 100 attempts) and,
+  when sampling fails (the op then returns the whole image), takes the central square.
+* Colour jitter (p = 0.8, strength s) has two definitions, chosen by `data.color_jitter_impl`:
+  "torchvision" is `torchvision.transforms.ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s)`: brightness,
+  contrast and saturation factors uniform in [max(0, 1 - 0.8 s), 1 + 0.8 s], brightness scaling the
+  image, contrast blending it with the mean of its grayscale, saturation with its grayscale; hue
+  shifted by a uniform draw in [-0.2 s, 0.2 s]. The released code calls this
+  `use_pytorch_color_jitter` and sets it for CIFAR-10. "simclr_tf" is the released default (its
+  ImageNet runs) and SimCLR's: brightness *adds* a delta in [-0.8 s, 0.8 s], contrast blends each
+  channel with that channel's own mean (tf.image.adjust_contrast), saturation scales S in HSV space
+  and clips it, hue as above. Both apply the four in a uniformly random order, clipping to [0, 1]
+  after each.
+* AutoAugment is the released policy: tensorflow/models' `policy_v0` (the TPU models' ImageNet
+  policy), not the table of the AutoAugment paper. RandAugment is the released one: each of N
+  layers picks one of 16 ops or the identity uniformly (17 choices), all at magnitude M; stacked
+  RandAugment is SimCLR's jitter, RandAugment, grayscale (p = 0.2) and blur, in that order.
+* The AutoAugment/RandAugment ops act on uint8 images and follow PIL's definitions (ImageOps,
+  ImageEnhance, Image.transform with nearest resampling), as the released ops mean to; the tests
+  compare them with PIL. Where the released TF ops differ from PIL we follow PIL: their Contrast
+  blends towards (number of pixels / 256) instead of the mean gray (a bug: 196 for 224 x 224
+  images), their Color/Contrast gray is tf.image's float luma rather than PIL's integer one, their
+  Sharpness truncates the smoothed image where PIL rounds, and their geometric ops map pixel
+  corners where PIL maps pixel centres (up to half a pixel of shift). Magnitudes are the released
+  ones, quirks included: Posterize keeps int(4 M / 10) bits (0 at M < 2.5: a black image),
+  Translate moves by 250 M / 10 pixels in AutoAugment and 100 M / 10 in RandAugment, Cutout is a
+  square of side 2 * int(40 M / 10) pixels; those pixel counts are for 224-pixel images and scale
+  with the image side here.
+* Gaussian blur: sigma uniform in [0.1, 2], radius image_size // 20 (the released kernel side
+  image_size // 10, made odd); the border is reflected, where the released code zero-pads.
+* The released warp (`warp_probability`, 0 in every released script) is left out.
 
 One-channel images go through the policy as three equal channels and come back as the first.
 Every op maps equal channels to equal channels (hue and saturation leave a gray image as it is),
 so the result is a one-channel augmentation in which the colour ops act on brightness only.
 """
 import functools
+import math
 from collections.abc import Callable, Sequence
 
-import keras
 import ml_collections
 import tensorflow as tf
 
@@ -43,80 +58,85 @@ ViewFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 POLICIES = ("simclr", "autoaugment", "randaugment", "stacked_randaugment", "crop_flip")
 
-# Fill of pixels that shear/rotate/translate move in: mid-gray, as in the AutoAugment code.
-_FILL = 128 / 255
+# Fill of pixels that shear/rotate/translate/cutout move in: mid-gray, as in the released code.
+_FILL = 128
 
-# AutoAugment's ImageNet policy (Cubuk et al. 2019, appendix table): 25 sub-policies of two
+# tensorflow/models official/vision/image_classification/augment.py, AutoAugment.policy_v0
+# (commit 3617973260592c3a85aceeaab7576d198246784f): 25 sub-policies of two
 # (op, probability, magnitude in 0..10) steps; one sub-policy is drawn per image.
-IMAGENET_POLICY = (
-    (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
-    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
-    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
-    (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
-    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)),
-    (("Equalize", 0.4, 4), ("Rotate", 0.8, 8)),
-    (("Solarize", 0.6, 3), ("Equalize", 0.6, 7)),
-    (("Posterize", 0.8, 5), ("Equalize", 1.0, 2)),
-    (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
-    (("Equalize", 0.6, 8), ("Posterize", 0.4, 6)),
-    (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
-    (("Rotate", 0.4, 9), ("Equalize", 0.6, 2)),
-    (("Equalize", 0.0, 7), ("Equalize", 0.8, 8)),
-    (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
-    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
-    (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
-    (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
-    (("Sharpness", 0.4, 7), ("Invert", 0.6, 8)),
-    (("ShearX", 0.6, 5), ("Equalize", 1.0, 9)),
-    (("Color", 0.4, 0), ("Equalize", 0.6, 3)),
-    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)),
-    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
-    (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
-    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
-    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
+POLICY_V0 = (
+    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)),
+    (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
+    (("Color", 0.4, 1), ("Rotate", 0.6, 8)),
+    (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
+    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)),
+    (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
+    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)),
+    (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
+    (("Color", 0.6, 1), ("Equalize", 1.0, 2)),
+    (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
+    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)),
+    (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
+    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)),
+    (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
+    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)),
+    (("Rotate", 1.0, 7), ("TranslateY", 0.8, 9)),
+    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)),
+    (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
+    (("Color", 1.0, 0), ("Rotate", 0.6, 2)),
+    (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
+    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)),
+    (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
+    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)),
+    (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
+    (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
 )
 
-# RandAugment's 14 ops (Cubuk et al. 2020); each of the N layers picks one uniformly.
-RANDAUGMENT_OPS = ("Identity", "AutoContrast", "Equalize", "Rotate", "Solarize", "Color",
-                   "Posterize", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY",
-                   "TranslateX", "TranslateY")
+# The released RandAugment's ops (same file, RandAugment.available_ops); a layer picks one of
+# these or the identity, uniformly.
+RANDAUGMENT_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize",
+                   "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY",
+                   "TranslateX", "TranslateY", "Cutout", "SolarizeAdd")
+
+# Pixel constants of the released policies at magnitude 10, for 224-pixel images (the
+# AutoAugment/RandAugment constructors' defaults in the same file).
+_AUTOAUGMENT_CONSTS = dict(translate=250.0, cutout=100.0)
+_RANDAUGMENT_CONSTS = dict(translate=100.0, cutout=40.0)
+_REFERENCE_SIDE = 224
 
 
-class _Seeds(keras.random.SeedGenerator):
+class _Seeds:
   """A stateless stream of seeds: the k-th `next()` is fold_in(seed, k).
 
-  It subclasses Keras' SeedGenerator only so that Keras layers accept it as `seed=`; it holds no
-  tf.Variable (the base __init__, which would create one, is deliberately not called). The counter
-  advances while the graph is traced, so every draw in the traced graph gets its own seed.
+  The counter advances while the graph is traced, so every draw in the traced graph gets its own
+  seed.
   """
 
-  def __init__(self, seed: tf.Tensor):  # pylint: disable=super-init-not-called
+  def __init__(self, seed: tf.Tensor):
     self._seed = seed
     self._count = 0
 
-  def next(self, ordered: bool = True) -> tf.Tensor:
+  def next(self) -> tf.Tensor:
     """int32 [2]."""
-    del ordered  # Keras' flag for its own state update; there is none here.
     self._count += 1
     return tf.random.experimental.stateless_fold_in(self._seed, self._count)
 
-  def uniform(self) -> tf.Tensor:
-    """float32 [] in [0, 1)."""
-    return tf.random.stateless_uniform([], self.next())
+  def uniform(self, low: float = 0.0, high: float = 1.0) -> tf.Tensor:
+    """float32 [] in [low, high)."""
+    return tf.random.stateless_uniform([], self.next(), low, high)
 
   def randint(self, n: int) -> tf.Tensor:
     """int32 [] in [0, n)."""
     return tf.random.stateless_uniform([], self.next(), 0, n, dtype=tf.int32)
 
 
-# (float32 image [H, W, 3] in [0, 1], seeds) -> same shape.
+# (image [H, W, 3], seeds) -> same shape and dtype.
 _Op = Callable[[tf.Tensor, _Seeds], tf.Tensor]
 
 
 def _switch(index: tf.Tensor, branches: Sequence[Callable[[], tf.Tensor]],
             image: tf.Tensor) -> tf.Tensor:
-  """tf.switch_case over ops that keep the shape of `image`, with its static shape restored
-  (the next op may need it, e.g. Equalization loops over the channels)."""
+  """tf.switch_case over ops that keep the shape of `image`, with its static shape restored."""
   return tf.ensure_shape(tf.switch_case(index, branches), image.shape)
 
 
@@ -129,106 +149,237 @@ def _random_apply(op: _Op, prob: float) -> _Op:
                                       [lambda: image, lambda: op(image, seeds)], image)
 
 
-def _random_sign(positive: _Op, negative: _Op) -> _Op:
-  return lambda image, seeds: _switch(seeds.randint(2), [lambda: positive(image, seeds),
-                                                         lambda: negative(image, seeds)], image)
+# --- uint8 ops, as PIL defines them: image uint8 [H, W, C] -> uint8 [H, W, C] -----------------
+
+def _luma(image: tf.Tensor) -> tf.Tensor:
+  """PIL's convert("L") of uint8 [H, W, 3] (ITU-R 601-2 in 16-bit fixed point, rounded):
+  uint8 [H, W, 1]. A one-channel image is its own luma."""
+  if image.shape[-1] == 1:
+    return image
+  rgb = tf.cast(image, tf.int32)
+  weighted = rgb[..., 0:1] * 19595 + rgb[..., 1:2] * 38470 + rgb[..., 2:3] * 7471
+  return tf.cast((weighted + 32768) // 65536, tf.uint8)
 
 
-def _keras_op(layer: keras.layers.Layer) -> _Op:
-  """Runs a Keras image layer with draws from `seeds` instead of its own seed state."""
-  layer.backend.set_backend("tensorflow")  # Whatever KERAS_BACKEND is: this runs in tf.data.
-
-  def apply(image: tf.Tensor, seeds: _Seeds) -> tf.Tensor:
-    images = image[None]  # Some layers only take batches.
-    transformation = layer.get_random_transformation(images, training=True, seed=seeds)
-    return layer.transform_images(images, transformation, training=True)[0]
-
-  return apply
+def blend(degenerate: tf.Tensor, image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
+  """PIL's Image.blend as ImageEnhance uses it: factor 0 gives `degenerate`, 1 the image, > 1
+  extrapolates; computed in float32, clipped to [0, 255] and truncated."""
+  degenerate = tf.cast(tf.broadcast_to(degenerate, tf.shape(image)), tf.float32)
+  out = degenerate + tf.cast(factor, tf.float32) * (tf.cast(image, tf.float32) - degenerate)
+  return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)  # Truncates, as PIL's C casts.
 
 
-def _blend(degenerate: tf.Tensor, image: tf.Tensor, factor: float) -> tf.Tensor:
-  """PIL's ImageEnhance: factor 0 gives `degenerate`, 1 the image, > 1 extrapolates."""
-  return tf.clip_by_value(degenerate + factor * (image - degenerate), 0.0, 1.0)
+def _channel_histograms(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Pixels per channel int32 [C, H*W] and their histograms int32 [C, 256]."""
+  pixels = tf.transpose(tf.reshape(tf.cast(image, tf.int32), [-1, image.shape[-1]]))
+  return pixels, tf.math.bincount(pixels, minlength=256, maxlength=256, axis=-1)
 
 
-def _gray(image: tf.Tensor) -> tf.Tensor:
-  return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+def _apply_luts(image: tf.Tensor, pixels: tf.Tensor, luts: tf.Tensor) -> tf.Tensor:
+  """Maps each channel c through luts[c] (int [C, 256])."""
+  out = tf.gather(tf.clip_by_value(luts, 0, 255), pixels, batch_dims=1)
+  return tf.reshape(tf.cast(tf.transpose(out), tf.uint8), tf.shape(image))
 
 
-def _affine_keras_op(make_layer: Callable[[float], keras.layers.Layer], amount: float) -> _Op:
-  """A geometric layer applied by +amount or -amount, with equal probability."""
-  return _random_sign(_keras_op(make_layer(amount)), _keras_op(make_layer(-amount)))
+def equalize(image: tf.Tensor) -> tf.Tensor:
+  """PIL ImageOps.equalize, per channel: with step = (pixels - count of the top used value) //
+  255, value v maps to (step // 2 + number of pixels below v) // step; unchanged if step is 0."""
+  pixels, hist = _channel_histograms(image)
+  last_used = tf.reduce_max(tf.where(hist > 0, tf.range(256), 0), axis=1, keepdims=True)
+  top_count = tf.gather(hist, last_used, batch_dims=1)
+  step = (tf.reduce_sum(hist, axis=1, keepdims=True) - top_count) // 255
+  below = tf.cumsum(hist, axis=1, exclusive=True)
+  luts = tf.where(step > 0, (step // 2 + below) // tf.maximum(step, 1), tf.range(256)[None])
+  return _apply_luts(image, pixels, luts)
 
 
-def _op_key(name: str, level: float) -> tuple[str, float | None]:
-  """(name, level), with level None for the ops that have no magnitude."""
-  return name, None if name in ("Identity", "AutoContrast", "Equalize", "Invert") else level
+def autocontrast(image: tf.Tensor) -> tf.Tensor:
+  """PIL ImageOps.autocontrast (cutoff 0), per channel: the lowest used value maps to 0, the
+  highest to 255, linearly in between (float64, truncated); constant channels are unchanged."""
+  pixels, hist = _channel_histograms(image)
+  values = tf.range(256)
+  lo = tf.reduce_min(tf.where(hist > 0, values, 255), axis=1, keepdims=True)
+  hi = tf.reduce_max(tf.where(hist > 0, values, 0), axis=1, keepdims=True)
+  scale = 255.0 / tf.cast(tf.maximum(hi - lo, 1), tf.float64)
+  offset = -tf.cast(lo, tf.float64) * scale
+  stretched = tf.cast(tf.cast(values, tf.float64)[None] * scale + offset, tf.int32)
+  luts = tf.where(hi > lo, stretched, values[None])
+  return _apply_luts(image, pixels, luts)
 
 
-def _op(name: str, level: float) -> _Op:
-  """An AutoAugment/RandAugment op at magnitude `level` in [0, 10], mapped as in the papers."""
-  enhance = 0.1 + 1.8 * level / 10  # Color, Contrast, Brightness, Sharpness: [0.1, 1.9].
-  geometric = dict(interpolation="bilinear", fill_mode="constant", fill_value=_FILL)
-  if name == "Identity":
-    return lambda image, seeds: image
-  if name == "AutoContrast":
-    return _keras_op(keras.layers.AutoContrast(value_range=(0, 1)))
-  if name == "Equalize":
-    return _keras_op(keras.layers.Equalization(value_range=(0, 1)))
-  if name == "Invert":
-    return lambda image, seeds: 1.0 - image
-  if name == "Posterize":
-    # Keep 4..8 bits, the paper's range (as timm's "original" AutoAugment reads it).
-    bits = 4 + int(level * 4 / 10)
-    return _keras_op(keras.layers.RandomPosterization(factor=(bits, bits), value_range=(0, 1)))
-  if name == "Solarize":
-    threshold = 256 * level / 10 / 255  # Invert the pixels at or above it.
-    return lambda image, seeds: tf.where(image < threshold, image, 1.0 - image)
-  if name == "Color":
-    return lambda image, seeds: _blend(_gray(image), image, enhance)
-  if name == "Contrast":
-    return lambda image, seeds: _blend(tf.reduce_mean(_gray(image)), image, enhance)
-  if name == "Brightness":
-    return lambda image, seeds: _blend(tf.zeros_like(image), image, enhance)
-  if name == "Sharpness":
-    # The layer's sharpness is 2 * factor, blended like PIL's.
-    return _keras_op(keras.layers.RandomSharpness(factor=(enhance / 2, enhance / 2),
-                                                  value_range=(0, 1)))
-  if name in ("ShearX", "ShearY"):
-    shear = 0.3 * level / 10  # RandomShear draws the sign itself.
-    xy = dict(x_factor=(shear, shear), y_factor=0.0) if name == "ShearX" else dict(
-        x_factor=0.0, y_factor=(shear, shear))
-    return _keras_op(keras.layers.RandomShear(**xy, **geometric))
-  if name == "Rotate":
-    return _affine_keras_op(lambda a: keras.layers.RandomRotation((a, a), **geometric),
-                            30 * level / 10 / 360)  # Degrees as a fraction of a full turn.
-  if name in ("TranslateX", "TranslateY"):
-    shift = 150 / 331 * level / 10  # 150 pixels of the paper's 331 at level 10.
-    if name == "TranslateX":
-      make = lambda a: keras.layers.RandomTranslation(0.0, (a, a), **geometric)
-    else:
-      make = lambda a: keras.layers.RandomTranslation((a, a), 0.0, **geometric)
-    return _affine_keras_op(make, shift)
-  raise ValueError(f"Unknown augmentation op {name!r}.")
+def posterize(image: tf.Tensor, bits: int) -> tf.Tensor:
+  """PIL ImageOps.posterize: keeps the `bits` high bits of each value (0 bits: all zero)."""
+  unit = 2**(8 - bits)
+  return tf.cast(tf.cast(image, tf.int32) // unit * unit, tf.uint8)
 
 
-def autoaugment_imagenet() -> _Op:
-  """AutoAugment's ImageNet policy: one of the 25 sub-policies, uniformly, per image.
+def solarize(image: tf.Tensor, threshold: int) -> tf.Tensor:
+  """PIL ImageOps.solarize: values >= threshold are inverted."""
+  return tf.where(tf.cast(image, tf.int32) < threshold, image, 255 - image)
 
-  Each of the two steps is one switch over the distinct ops that step uses (15 and 12), rather
-  than 50 op instances: the graph traces and optimises several times faster.
+
+def solarize_add(image: tf.Tensor, addition: int, threshold: int = 128) -> tf.Tensor:
+  """The released SolarizeAdd: values < threshold get `addition` added (clipped at 255)."""
+  added = tf.cast(tf.minimum(tf.cast(image, tf.int32) + addition, 255), tf.uint8)
+  return tf.where(image < threshold, added, image)
+
+
+def invert(image: tf.Tensor) -> tf.Tensor:
+  """PIL ImageOps.invert."""
+  return 255 - image
+
+
+def color(image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
+  """PIL ImageEnhance.Color: blends with the image's luma (0: gray, > 1: more saturated)."""
+  return blend(_luma(image), image, factor)
+
+
+def contrast(image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
+  """PIL ImageEnhance.Contrast: blends with the mean luma, rounded to an integer."""
+  mean = tf.floor(tf.reduce_mean(tf.cast(_luma(image), tf.float64)) + 0.5)
+  return blend(mean, image, factor)
+
+
+def brightness(image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
+  """PIL ImageEnhance.Brightness: blends with black."""
+  return blend(tf.zeros([], tf.float32), image, factor)
+
+
+def sharpness(image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
+  """PIL ImageEnhance.Sharpness: blends with ImageFilter.SMOOTH (3x3 kernel [[1, 1, 1],
+  [1, 5, 1], [1, 1, 1]] / 13, rounded; border pixels keep their values)."""
+  kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13
+  channels = image.shape[-1]
+  kernel = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
+  smooth = tf.nn.depthwise_conv2d(tf.cast(image, tf.float32)[None], kernel, [1, 1, 1, 1],
+                                  "VALID")[0]
+  smooth = tf.cast(tf.clip_by_value(tf.floor(smooth + 0.5), 0, 255), tf.uint8)
+  inside = tf.pad(tf.ones_like(smooth, tf.bool), [[1, 1], [1, 1], [0, 0]])
+  degenerate = tf.where(inside, tf.pad(smooth, [[1, 1], [1, 1], [0, 0]]), image)
+  return blend(degenerate, image, factor)
+
+
+def _float64(value: float | tf.Tensor) -> tf.Tensor:
+  """A Python float exactly (tf.cast would pass it through float32 first)."""
+  return tf.cast(value, tf.float64) if tf.is_tensor(value) else tf.constant(value, tf.float64)
+
+
+def affine(image: tf.Tensor, coeffs: Sequence[float | tf.Tensor]) -> tf.Tensor:
+  """PIL's Image.transform(size, AFFINE, coeffs, NEAREST, fillcolor=128).
+
+  Output pixel (x, y) takes the input pixel that contains (a x' + b y' + c, d x' + e y' + f),
+  where (x', y') = (x + 0.5, y + 0.5) is the pixel's centre; pixels that come from outside the
+  image are 128. Computed in float64 like PIL; where a mapped coordinate is exactly an integer,
+  PIL's running sums may land on either neighbour. (TF's transform op would round float32
+  coordinates instead, which differs from PIL on every half-pixel translation.)
+  """
+  a, b, c, d, e, f = [_float64(v) for v in coeffs]
+  height, width = image.shape[0], image.shape[1]
+  y = tf.range(height, dtype=tf.float64)[:, None] + 0.5
+  x = tf.range(width, dtype=tf.float64)[None, :] + 0.5
+  col = tf.cast(tf.floor(a * x + b * y + c), tf.int32)
+  row = tf.cast(tf.floor(d * x + e * y + f), tf.int32)
+  inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+  taken = tf.gather_nd(image, tf.stack([tf.clip_by_value(row, 0, height - 1),
+                                        tf.clip_by_value(col, 0, width - 1)], axis=-1))
+  return tf.where(inside[..., None], taken, tf.constant(_FILL, image.dtype))
+
+
+def shear_x(image: tf.Tensor, shear: float | tf.Tensor) -> tf.Tensor:
+  """The AutoAugment ShearX of PIL: affine (1, shear, 0, 0, 1, 0)."""
+  return affine(image, (1.0, shear, 0.0, 0.0, 1.0, 0.0))
+
+
+def shear_y(image: tf.Tensor, shear: float | tf.Tensor) -> tf.Tensor:
+  """The AutoAugment ShearY of PIL: affine (1, 0, 0, shear, 1, 0)."""
+  return affine(image, (1.0, 0.0, 0.0, shear, 1.0, 0.0))
+
+
+def translate_x(image: tf.Tensor, pixels: float | tf.Tensor) -> tf.Tensor:
+  """The AutoAugment TranslateX of PIL: affine (1, 0, pixels, 0, 1, 0), content moves left."""
+  return affine(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0))
+
+
+def translate_y(image: tf.Tensor, pixels: float | tf.Tensor) -> tf.Tensor:
+  """The AutoAugment TranslateY of PIL: affine (1, 0, 0, 0, 1, pixels), content moves up."""
+  return affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels))
+
+
+def rotate(image: tf.Tensor, degrees: float | tf.Tensor) -> tf.Tensor:
+  """PIL's Image.rotate(degrees, NEAREST, fillcolor=128): counter-clockwise about the centre."""
+  theta = _float64(degrees) * (math.pi / 180)
+  cos, sin = tf.cos(theta), tf.sin(theta)
+  cx, cy = image.shape[1] / 2, image.shape[0] / 2  # In PIL's continuous coordinates.
+  return affine(image, (cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy))
+
+
+def cutout(image: tf.Tensor, center: tf.Tensor, half_side: int) -> tf.Tensor:
+  """The released Cutout: pixels within `half_side` of center (int32 [2], row and column),
+  rows and columns [center - half_side, center + half_side), become 128."""
+  rows = tf.range(image.shape[0])[:, None, None]
+  cols = tf.range(image.shape[1])[None, :, None]
+  inside = ((rows >= center[0] - half_side) & (rows < center[0] + half_side)
+            & (cols >= center[1] - half_side) & (cols < center[1] + half_side))
+  return tf.where(inside, tf.constant(_FILL, image.dtype), image)
+
+
+def _random_sign(value: float, seeds: _Seeds) -> tf.Tensor:
+  """value or -value with equal probability, as the released ops negate their magnitudes."""
+  return tf.where(seeds.uniform() < 0.5, _float64(value), _float64(-value))
+
+
+def _op(name: str, level: float, consts: dict[str, float]) -> _Op:
+  """A released AutoAugment/RandAugment op at magnitude `level` in [0, 10] (uint8 images).
+
+  `consts` holds the translate and cutout pixel counts at level 10 for 224-pixel images.
+  """
+  m = level / 10
+  enhance = 0.1 + 1.8 * m
+  pixels = lambda image, axis: consts["translate"] * m * image.shape[axis] / _REFERENCE_SIDE
+  ops: dict[str, _Op] = {
+      "Identity": lambda image, seeds: image,
+      "AutoContrast": lambda image, seeds: autocontrast(image),
+      "Equalize": lambda image, seeds: equalize(image),
+      "Invert": lambda image, seeds: invert(image),
+      "Posterize": lambda image, seeds: posterize(image, int(m * 4)),
+      "Solarize": lambda image, seeds: solarize(image, int(m * 256)),
+      "SolarizeAdd": lambda image, seeds: solarize_add(image, int(m * 110)),
+      "Color": lambda image, seeds: color(image, enhance),
+      "Contrast": lambda image, seeds: contrast(image, enhance),
+      "Brightness": lambda image, seeds: brightness(image, enhance),
+      "Sharpness": lambda image, seeds: sharpness(image, enhance),
+      "Rotate": lambda image, seeds: rotate(image, _random_sign(30 * m, seeds)),
+      "ShearX": lambda image, seeds: shear_x(image, _random_sign(0.3 * m, seeds)),
+      "ShearY": lambda image, seeds: shear_y(image, _random_sign(0.3 * m, seeds)),
+      "TranslateX": lambda image, seeds: translate_x(image, _random_sign(pixels(image, 1), seeds)),
+      "TranslateY": lambda image, seeds: translate_y(image, _random_sign(pixels(image, 0), seeds)),
+      "Cutout": lambda image, seeds: cutout(
+          image, tf.stack([seeds.randint(image.shape[0]), seeds.randint(image.shape[1])]),
+          int(consts["cutout"] * m * min(image.shape[:2]) / _REFERENCE_SIDE)),
+  }
+  if name not in ops:
+    raise ValueError(f"Unknown augmentation op {name!r}; known: {sorted(ops)}.")
+  return ops[name]
+
+
+def autoaugment() -> _Op:
+  """The released AutoAugment (policy_v0) on uint8 images: one of the 25 sub-policies, uniformly,
+  per image; each step applied with its probability.
+
+  Each of the two steps is one switch over the distinct (op, magnitude) pairs that step uses,
+  rather than 50 op instances: the graph traces and optimises several times faster.
   """
   plans = []
   for step in range(2):
-    keys = [_op_key(name, level) for name, _, level in (sub[step] for sub in IMAGENET_POLICY)]
-    distinct = sorted(set(keys), key=str)
-    ops = [_op(name, 0 if level is None else level) for name, level in distinct]
+    keys = [(name, level) for name, _, level in (sub[step] for sub in POLICY_V0)]
+    distinct = sorted(set(keys))
+    ops = [_op(name, level, _AUTOAUGMENT_CONSTS) for name, level in distinct]
     branch = [1 + distinct.index(key) for key in keys]  # Branch 0 skips the step.
-    probs = [sub[step][1] for sub in IMAGENET_POLICY]
+    probs = [sub[step][1] for sub in POLICY_V0]
     plans.append((ops, branch, probs))
 
   def apply(image: tf.Tensor, seeds: _Seeds) -> tf.Tensor:
-    sub = seeds.randint(len(IMAGENET_POLICY))
+    sub = seeds.randint(len(POLICY_V0))
     for ops, branch, probs in plans:
       index = tf.where(seeds.uniform() < tf.gather(probs, sub), tf.gather(branch, sub), 0)
       image = _switch(index, [lambda: image] + [functools.partial(op, image, seeds)
@@ -239,8 +390,9 @@ def autoaugment_imagenet() -> _Op:
 
 
 def randaugment(num_ops: int, magnitude: float) -> _Op:
-  """RandAugment(N=num_ops, M=magnitude): N ops drawn uniformly from the 14, each at M."""
-  ops = [_op(name, magnitude) for name in RANDAUGMENT_OPS]
+  """The released RandAugment(N=num_ops, M=magnitude) on uint8 images: N times, one of the 16
+  ops or the identity, uniformly, at magnitude M."""
+  ops = [_op(name, magnitude, _RANDAUGMENT_CONSTS) for name in ("Identity",) + RANDAUGMENT_OPS]
 
   def apply(image: tf.Tensor, seeds: _Seeds) -> tf.Tensor:
     for _ in range(num_ops):
@@ -251,25 +403,73 @@ def randaugment(num_ops: int, magnitude: float) -> _Op:
   return apply
 
 
-def color_jitter(strength: float) -> _Op:
-  """SimCLR's colour jitter of strength s: brightness, contrast and saturation 0.8 s, hue 0.2 s,
-  applied in a random order."""
+def _on_uint8(op: _Op) -> _Op:
+  """Runs a uint8 op on a float32 [0, 1] image (rounded to 256 levels, as the released code runs
+  its policies on uint8 crops)."""
+  return lambda image, seeds: tf.cast(
+      op(tf.cast(tf.round(image * 255), tf.uint8), seeds), tf.float32) / 255
+
+
+# --- colour jitter on float32 [H, W, 3] images in [0, 1] -----------------------------------
+
+def _gray(image: tf.Tensor) -> tf.Tensor:
+  """Luma with weights (0.2989, 0.587, 0.114), those of torchvision and tf.image: [H, W, 1]."""
+  return tf.image.rgb_to_grayscale(image)
+
+
+def adjust_brightness(image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
+  """torchvision's adjust_brightness: the image times factor, clipped."""
+  return tf.clip_by_value(image * factor, 0.0, 1.0)
+
+
+def adjust_contrast(image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
+  """torchvision's adjust_contrast: blended with the mean of the grayscale image, clipped."""
+  mean = tf.reduce_mean(_gray(image))
+  return tf.clip_by_value(factor * image + (1 - factor) * mean, 0.0, 1.0)
+
+
+def adjust_saturation(image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
+  """torchvision's adjust_saturation: blended with the grayscale image, clipped."""
+  return tf.clip_by_value(factor * image + (1 - factor) * _gray(image), 0.0, 1.0)
+
+
+# The four adjustments of each definition, in torchvision's order (brightness, contrast,
+# saturation, hue), as (image, factor) -> image. tf.image.adjust_hue is torchvision's hue shift
+# (HSV, modulo one turn) to float32 rounding, and twice as fast as an HSV round trip written here.
+JITTER_ADJUSTS = {
+    "torchvision": (adjust_brightness, adjust_contrast, adjust_saturation, tf.image.adjust_hue),
+    "simclr_tf": (tf.image.adjust_brightness, tf.image.adjust_contrast, tf.image.adjust_saturation,
+                  tf.image.adjust_hue),
+}
+
+
+def color_jitter(strength: float, impl: str) -> _Op:
+  """Colour jitter of strength s in the definition `impl` (see the module docstring): random
+  brightness, contrast, saturation (0.8 s) and hue (0.2 s), in a random order."""
+  s, h = 0.8 * strength, 0.2 * strength
+  if h > 0.5:
+    raise ValueError(f"Colour jitter strength {strength} gives a hue range of +-{h} turns; it "
+                     "must be <= 0.5 (strength <= 2.5).")
+  if impl == "torchvision":
+    ranges = ((max(0.0, 1 - s), 1 + s),) * 3 + ((-h, h),)
+  elif impl == "simclr_tf":
+    if s > 1:
+      raise ValueError(f"Colour jitter strength {strength} with data.color_jitter_impl="
+                       "'simclr_tf' gives a negative contrast factor; use strength <= 1.25.")
+    ranges = ((-s, s), (1 - s, 1 + s), (1 - s, 1 + s), (-h, h))
+  else:
+    raise ValueError(f"Unknown data.color_jitter_impl={impl!r}; known: {tuple(JITTER_ADJUSTS)}.")
+  adjusts = JITTER_ADJUSTS[impl]
   if strength <= 0:
     return lambda image, seeds: image
-  delta = 0.8 * strength
-  jitters = (
-      lambda x, seed: tf.image.stateless_random_brightness(x, delta, seed),
-      lambda x, seed: tf.image.stateless_random_contrast(x, max(0.0, 1 - delta), 1 + delta, seed),
-      lambda x, seed: tf.image.stateless_random_saturation(x, max(0.0, 1 - delta), 1 + delta,
-                                                           seed),
-      lambda x, seed: tf.image.stateless_random_hue(x, min(0.5, 0.2 * strength), seed),
-  )
 
   def apply(image: tf.Tensor, seeds: _Seeds) -> tf.Tensor:
-    order = tf.argsort(tf.random.stateless_uniform([len(jitters)], seeds.next()))
-    for slot in range(len(jitters)):
-      branches = [functools.partial(lambda f, x: tf.clip_by_value(f(x, seeds.next()), 0.0, 1.0),
-                                    jitter, image) for jitter in jitters]
+    factors = [seeds.uniform(low, high) for low, high in ranges]
+    order = tf.argsort(tf.random.stateless_uniform([len(adjusts)], seeds.next()))
+    for slot in range(len(adjusts)):
+      branches = [functools.partial(lambda f, x, v: tf.clip_by_value(f(x, v), 0.0, 1.0),
+                                    adjust, image, factor)
+                  for adjust, factor in zip(adjusts, factors)]
       image = _switch(order[slot], branches, image)
     return image
 
@@ -281,7 +481,7 @@ def gaussian_blur(image_size: int) -> _Op:
   radius = max(1, image_size // 20)
 
   def apply(image: tf.Tensor, seeds: _Seeds) -> tf.Tensor:
-    sigma = tf.random.stateless_uniform([], seeds.next(), 0.1, 2.0)
+    sigma = seeds.uniform(0.1, 2.0)
     x = tf.range(-radius, radius + 1, dtype=tf.float32)
     kernel = tf.exp(-x**2 / (2 * sigma**2))
     kernel /= tf.reduce_sum(kernel)
@@ -296,22 +496,39 @@ def gaussian_blur(image_size: int) -> _Op:
   return apply
 
 
-def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, size: int,
-                        area: Sequence[float], aspect_ratio: Sequence[float]) -> tf.Tensor:
-  """Inception-style crop of uint8 [h, w, C], resized to float32 [size, size, C] in [0, 1].
+def crop_window(shape: tf.Tensor, seed: tf.Tensor, area: Sequence[float],
+                aspect_ratio: Sequence[float], min_object_covered: float,
+                max_attempts: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """The released random crop window of an image of shape int32 [3]: (begin, size), int32 [3]
+  each, for tf.slice.
 
-  The crop covers a fraction `area` of the image with width/height in `aspect_ratio`; after 10
-  failed tries it is the whole image.
+  A box covering a fraction `area` of the image (and at least `min_object_covered` of it) with
+  width/height in `aspect_ratio`, from `tf.image.sample_distorted_bounding_box`. When the op
+  returns the whole image (its answer when `max_attempts` samples failed) the window is the
+  central square, as in the released code.
   """
-  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
-      min_object_covered=0.0, aspect_ratio_range=tuple(aspect_ratio), area_range=tuple(area),
-      max_attempts=10, use_image_if_no_bounding_boxes=True)
-  crop = tf.slice(image, begin, crop_size)
-  # Bilinear without antialiasing, as the TF SimCLR/SupCon code resizes: antialiased resizing
-  # costs ~5x more (ImageNet-sized crops) and would make input the bottleneck.
-  out = tf.image.resize(crop, [size, size]) / 255.0
-  return tf.ensure_shape(out, [size, size, image.shape[-1]])
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, bounding_boxes=tf.zeros([1, 0, 4]), seed=seed,
+      min_object_covered=min_object_covered, aspect_ratio_range=tuple(aspect_ratio),
+      area_range=tuple(area), max_attempts=max_attempts, use_image_if_no_bounding_boxes=True)
+  side = tf.minimum(shape[0], shape[1])
+  center_begin = tf.stack([(shape[0] - side + 1) // 2, (shape[1] - side + 1) // 2, 0])
+  center_size = tf.stack([side, side, -1])
+  failed = tf.reduce_all(tf.equal(size[:2], shape[:2]))
+  return tf.where(failed, center_begin, begin), tf.where(failed, center_size, size)
+
+
+def random_resized_crop(image: tf.Tensor, seed: tf.Tensor,
+                        data: ml_collections.ConfigDict) -> tf.Tensor:
+  """uint8 [h, w, C] -> float32 [S, S, C] in [0, 1], S = data.image_size: the window of
+  `crop_window` with the data.crop_* parameters, resized."""
+  begin, size = crop_window(tf.shape(image), seed, data.crop_area, data.crop_aspect_ratio,
+                            data.crop_min_object_covered, data.crop_max_attempts)
+  crop = tf.slice(image, begin, size)
+  # Bilinear without antialiasing, as the released code resizes: antialiased resizing costs ~5x
+  # more (ImageNet-sized crops) and would make input the bottleneck.
+  out = tf.image.resize(crop, [data.image_size, data.image_size]) / 255.0
+  return tf.ensure_shape(out, [data.image_size, data.image_size, image.shape[-1]])
 
 
 def make_view_fn(data: ml_collections.ConfigDict) -> ViewFn:
@@ -323,21 +540,21 @@ def make_view_fn(data: ml_collections.ConfigDict) -> ViewFn:
   colour = data.augment in ("simclr", "stacked_randaugment")
   steps: list[_Op] = []
   if colour:
-    steps.append(_random_apply(color_jitter(data.color_jitter_strength), 0.8))
+    steps.append(_random_apply(color_jitter(data.color_jitter_strength,
+                                            data.color_jitter_impl), 0.8))
   if data.augment == "autoaugment":
-    steps.append(autoaugment_imagenet())
+    steps.append(_on_uint8(autoaugment()))
   if data.augment in ("randaugment", "stacked_randaugment"):
-    steps.append(randaugment(data.randaugment_num_ops, data.randaugment_magnitude))
+    steps.append(_on_uint8(randaugment(data.randaugment_num_ops, data.randaugment_magnitude)))
   if colour:
-    steps.append(_random_apply(lambda image, seeds: _gray(image), 0.2))
+    steps.append(_random_apply(lambda image, seeds: tf.tile(_gray(image), [1, 1, 3]), 0.2))
     if data.blur:
       steps.append(_random_apply(gaussian_blur(data.image_size), 0.5))
 
   def view(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     seeds = _Seeds(seed)
     channels = image.shape[-1]
-    out = random_resized_crop(image, seeds.next(), data.image_size, data.crop_area,
-                              data.crop_aspect_ratio)
+    out = random_resized_crop(image, seeds.next(), data)
     out = tf.image.stateless_random_flip_left_right(out, seeds.next())
     if steps:
       out = tf.tile(out, [1, 1, 3 // channels])

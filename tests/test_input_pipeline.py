@@ -1,4 +1,4 @@
-"""Tests of the input pipeline and the augmentation policies.
+"""Tests of the input pipeline (the augmentation ops and policies: tests/test_augment.py).
 
 imagenet2012 and cifar10 are tfds mock data (random images, 12 examples whatever the split);
 Fashion-MNIST is the real data, built through tfds from Debian's dataset-fashion-mnist files.
@@ -204,11 +204,6 @@ def test_unknown_dataset_names_the_field_and_the_choices():
     input_pipeline.dataset_info(_config("mnist", 28))
 
 
-def test_unknown_augmentation_names_the_field():
-  with pytest.raises(ValueError, match=r"data\.augment='mixup'.*simclr"):
-    augment.make_view_fn(_config("cifar10", 32, augment="mixup").data)
-
-
 @pytest.mark.parametrize("batch_size,process_count,what", [(16, 3, "processes"),
                                                            (12, 2, "devices")])
 def test_batch_size_must_divide_over_processes_and_devices(batch_size, process_count, what):
@@ -227,45 +222,3 @@ def test_unprepared_dataset_says_how_to_prepare_it(tmp_path, dataset, fix):
   config = _config(dataset, 32, data_dir=str(tmp_path))
   with pytest.raises(FileNotFoundError, match=f"{dataset} is not prepared.*{fix}"):
     input_pipeline.create_eval_dataset(config)
-
-
-@pytest.mark.parametrize("name", augment.RANDAUGMENT_OPS + ("Invert",))
-def test_each_op_keeps_shape_and_range_and_is_a_function_of_the_seed(name):
-  image = tf.random.stateless_uniform([20, 24, 3], [0, 1], 0.2, 0.8)
-  op = augment._op(name, 7)  # Outside tf.function: Keras layers make variables when built.
-  run = tf.function(lambda seed: op(image, augment._Seeds(seed)))
-  out = run(tf.constant([3, 4]))
-  assert out.shape == image.shape
-  assert 0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1
-  np.testing.assert_array_equal(out, run(tf.constant([3, 4])))
-  if name != "Identity":
-    assert float(tf.reduce_max(tf.abs(out - image))) > 0.01
-
-
-def test_imagenet_policy_has_the_25_subpolicies_of_two_ops():
-  assert len(augment.IMAGENET_POLICY) == 25
-  assert all(len(sub) == 2 for sub in augment.IMAGENET_POLICY)
-  for sub in augment.IMAGENET_POLICY:
-    for name, prob, level in sub:
-      augment._op(name, level)
-      assert 0 <= prob <= 1 and 0 <= level <= 10
-
-
-@pytest.mark.parametrize("policy", ["simclr", "randaugment"])
-def test_one_channel_images_are_augmented_like_gray_rgb_ones(policy):
-  view = augment.make_view_fn(_config("cifar10", 24, augment=policy).data)
-  gray = tf.cast(tf.random.stateless_uniform([30, 40, 1], [5, 6], 0, 256, tf.int32), tf.uint8)
-  for seed in range(4):
-    one = view(gray, tf.constant([seed, 1]))
-    three = view(tf.tile(gray, [1, 1, 3]), tf.constant([seed, 1]))
-    assert one.shape == (24, 24, 1)
-    np.testing.assert_allclose(three, tf.tile(one, [1, 1, 3]), atol=1e-5)
-
-
-def test_blur_keeps_constant_images_and_smooths_edges():
-  blur = augment.gaussian_blur(image_size=64)
-  flat = tf.fill([64, 64, 3], 0.3)
-  np.testing.assert_allclose(blur(flat, augment._Seeds(tf.constant([0, 0]))), flat, atol=1e-6)
-  stripes = tf.cast(tf.range(64) % 2, tf.float32)[None, :, None] * tf.ones([64, 1, 3])
-  blurred = blur(stripes, augment._Seeds(tf.constant([0, 0])))
-  assert float(tf.math.reduce_std(blurred)) < float(tf.math.reduce_std(stripes))
