@@ -26,7 +26,7 @@ from ml_collections import config_flags
 from tensorflow_datasets.image_classification import corruptions as tfds_corruptions
 
 from supcon_jax import checkpointing, distributed, input_pipeline, losses, metrics, optim
-from supcon_jax import sharding, train
+from supcon_jax import sharding, torch_io, train
 
 
 # --- Pure pieces: probe, kNN, calibration -----------------------------------------------------
@@ -148,6 +148,10 @@ def _extract(represent, state, batches) -> tuple[np.ndarray, np.ndarray]:
 def _restore(config, workdir: str, mesh, step: Optional[int]):
   exp = train.build_experiment(config, mesh)
   with checkpointing.create_manager(workdir, config, read_only=True) as manager:
+    if manager.latest_step() is None and config.init.checkpoint is not None:
+      state = jax.jit(exp.init_fn, out_shardings=exp.state_shardings)(
+          jax.random.PRNGKey(config.seed))
+      return exp, torch_io.init_from_checkpoint(state, config, exp.state_shardings), 0
     state, step = checkpointing.restore(
         manager, checkpointing.abstract_with_shardings(exp.state_shape, exp.state_shardings),
         config, step)

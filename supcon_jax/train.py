@@ -22,7 +22,7 @@ from clu import metric_writers, parameter_overview
 from jax.sharding import Mesh, PartitionSpec as P
 
 from supcon_jax import checkpointing, config_lib, input_pipeline, losses, metrics, models
-from supcon_jax import optim, sharding
+from supcon_jax import optim, sharding, torch_io
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -273,6 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("Resumed from the checkpoint of step %d in %s.", start_step, workdir)
   else:
     state = jax.jit(exp.init_fn, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
+    state = torch_io.init_from_checkpoint(state, config, state_shardings)
     start_step = 0
 
   writer = metrics.create_writer(workdir)
