@@ -148,7 +148,7 @@ def _extract(represent, state, batches) -> tuple[np.ndarray, np.ndarray]:
 def _restore(config, workdir: str, mesh, step: Optional[int]):
   exp = train.build_experiment(config, mesh)
   with checkpointing.create_manager(workdir, config, read_only=True) as manager:
-    if manager.latest_step() is None and config.init.checkpoint is not None:
+    if config.init.checkpoint is not None and manager.latest_step() is None:
       state = jax.jit(exp.init_fn, out_shardings=exp.state_shardings)(
           jax.random.PRNGKey(config.seed))
       return exp, torch_io.init_from_checkpoint(state, config, exp.state_shardings), 0

@@ -302,6 +302,19 @@ def test_a_fitting_encoder_loads_and_a_1000_class_fc_is_left_out():
   assert any(n.startswith("fc: not loaded") and "(1000, 512)" in n for n in notes)
 
 
+@pytest.mark.parametrize("name,timm_name,image_size", [
+    ("resnet200", "resnet200", 32), ("vit_s16", "vit_small_patch16_224", 224)])
+def test_timm_models_load_whole_into_ours(name, timm_name, image_size):
+  """Every tensor of timm's ResNet-200 and ViT-S/16 (with fc/head) has its place in ours."""
+  config = model_config(name=name, stem="imagenet", num_classes=1000)
+  variables = variable_shapes(models.build_model(config), (image_size, image_size, 3))
+  state_dict = timm.create_model(timm_name, num_classes=1000).state_dict()
+  loaded, notes = torch_io.from_torch(torch_io.unpack(state_dict, config, "timm"), variables,
+                                      config, "timm")
+  assert notes == ["head: not loaded, kept as initialised (absent from the checkpoint)"]
+  assert len(loaded) == len(jax.tree.leaves(variables)) - 4  # all but the projection head
+
+
 @pytest.mark.parametrize("overrides,fmt,match", [
     ({"width": 2.0}, "torchvision", "only width 1"),
     ({"name": "resnet200"}, "torchvision", "use format timm"),
