@@ -276,10 +276,14 @@ def test_dataparallel_prefixes_are_stripped():
   np.testing.assert_array_equal(loaded[("params", "encoder", "stem_conv", "kernel")],
                                 variables["params"]["encoder"]["stem_conv"]["kernel"])
   assert ("params", "projection", "dense2", "kernel") in loaded
+  # DataParallel around a whole torchvision model: module.conv1.weight.
+  groups = torch_io.unpack({"module.conv1.weight": 0, "module.fc.bias": 1}, config, "torchvision")
+  assert groups["encoder"] == {"conv1.weight": 0} and groups["fc"] == {"bias": 1}
 
 
 def test_mismatched_checkpoint_is_refused_with_every_difference():
   resnet34 = torchvision.models.resnet34(num_classes=1000).state_dict()
+  del resnet34["layer1.0.bn1.running_mean"]
   config = model_config(name="resnet18", stem="small")
   variables = variable_shapes(models.build_model(config), (28, 28, 1))
   with pytest.raises(checkpointing.CheckpointMismatchError) as error:
@@ -289,6 +293,7 @@ def test_mismatched_checkpoint_is_refused_with_every_difference():
   assert "layer1.2.conv1.weight: not in the configured model" in message
   assert "conv1.weight: shape (64, 3, 7, 7) in the checkpoint, (64, 1, 3, 3)" in message
   assert "layer4.2.bn2.running_var: not in the configured model" in message
+  assert "layer1.0.bn1.running_mean: missing from the checkpoint" in message
 
 
 def test_a_fitting_encoder_loads_and_a_1000_class_fc_is_left_out():
