@@ -109,6 +109,16 @@ def get_config() -> ml_collections.ConfigDict:
   # L2-normalise the representation before the projection head (official ImageNet runs).
   c.model.normalize_representation = False
 
+  # --- Start from a PyTorch checkpoint (supcon_jax/torch_io.py) ------------------------------
+  c.init = ml_collections.ConfigDict()
+  # A .pt/.pth file whose encoder (and fc / projection head, where they fit) seeds pretraining
+  # and linear evaluation when the workdir has no checkpoint of its own. Resume order: the
+  # workdir's checkpoint, then this file, then the random init. Refused, listing every
+  # difference, if its encoder does not fit config.model.
+  c.init.checkpoint = ml_collections.FieldReference(None, field_type=str)
+  # torchvision | timm | supcontrast (HobbitLong/SupContrast's {'model': ...} files).
+  c.init.format = "torchvision"
+
   # --- Loss (supcon_jax/losses.py) ---------------------------------------------------------
   c.loss = ml_collections.ConfigDict()
   c.loss.temperature = 0.1

@@ -31,7 +31,7 @@ from ml_collections import config_flags
 from tensorflow_datasets.image_classification import corruptions as tfds_corruptions
 
 from supcon_jax import checkpointing, distributed, experiment, input_pipeline, losses, metrics
-from supcon_jax import optim, sharding
+from supcon_jax import optim, sharding, torch_io
 
 
 # --- Pure pieces: probe, kNN, calibration -----------------------------------------------------
@@ -173,6 +173,9 @@ def _extract(represent, state, batches) -> tuple[np.ndarray, np.ndarray]:
 def _restore(config, workdir: str, mesh, step: Optional[int]):
   exp = experiment.build_experiment(config, mesh)
   with checkpointing.create_manager(workdir, config, read_only=True) as manager:
+    if config.init.checkpoint is not None and manager.latest_step() is None:
+      state = exp.init_state(config.seed)
+      return exp, torch_io.init_from_checkpoint(state, config, exp.state_shardings), 0
     state, step = checkpointing.restore(manager, exp.abstract_state(), config, step)
   return exp, state, step
 

@@ -23,7 +23,7 @@ from etils import epath
 from jax.sharding import Mesh, PartitionSpec as P
 
 from supcon_jax import checkpointing, console, experiment, input_pipeline, losses, metrics
-from supcon_jax import sharding
+from supcon_jax import sharding, torch_io
 from supcon_jax.experiment import TrainState
 
 
@@ -240,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if manager.latest_step() is not None:
     state, start_step = checkpointing.restore(manager, exp.abstract_state(), config)
   else:
-    state = exp.init_state(config.seed)
+    state = torch_io.init_from_checkpoint(exp.init_state(config.seed), config, state_shardings)
     start_step = 0
   _describe_run(config, exp, state, workdir, start_step)
 

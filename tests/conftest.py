@@ -1,5 +1,6 @@
 """Every test sees 8 CPU devices, so sharded code runs as it would on a pod slice."""
 import os
+import sys
 
 # Must happen before jax is imported anywhere in the test session. Compiling is most of a
 # small test's time: without XLA's backend (LLVM) optimisations the suite spends about a third
@@ -10,6 +11,10 @@ os.environ["XLA_FLAGS"] = (
     + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# torchvision and timm (the tests' references) import torch._dynamo, which loads triton, whose
+# bundled LLVM crashes the process (segfault) once TensorFlow is loaded. Nothing here needs
+# triton (CPU only), and torch runs without it when its import fails.
+sys.modules.setdefault("triton", None)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402

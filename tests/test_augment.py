@@ -9,15 +9,9 @@
 """
 import gzip
 import itertools
-import sys
 
-# torchvision imports torch._dynamo, which loads triton; triton's bundled LLVM crashes the process
-# (segfault) once TensorFlow is loaded. The CPU reference ops need no triton, and torch runs
-# without it when its import fails.
-sys.modules.setdefault("triton", None)
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
 import torchvision.transforms.functional as TF  # noqa: E402
