@@ -42,6 +42,10 @@ def test_report_has_every_field_and_a_png(fashion_mnist_dir, pretrained, tmp_pat
               "corruption_mean_top1"):
     assert 0.0 <= report[key] <= 1.0, key
   assert report["test_examples"] == test_train.EVAL_EXAMPLES
+  # Per-class accuracy is reported under tfds' class names, not indices.
+  assert set(report["per_class_top1"]) <= {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
+  assert len(report["per_class_top1"]) >= 5
   assert report["train_examples"] == 64
   assert 0.0 <= report["ece"] <= 1.0 and report["mCE"] > 0.0
   assert set(report["corruptions"]) == {"gaussian_noise/1", "gaussian_noise/5", "contrast/1",
@@ -106,6 +110,23 @@ def test_corruptions_change_images_repeatably_and_keep_gray_images_gray():
     assert out.shape == image.shape and out.dtype == np.uint8, name
     assert not np.array_equal(out, image), name
     np.testing.assert_array_equal(out, linear_eval.corrupt(image, name, 3))
+
+
+def test_corruptions_draw_from_their_own_generator_not_numpy_global_state():
+  image = (np.random.default_rng(1).uniform(size=(28, 28, 1)) * 255).astype(np.uint8)
+  np.random.seed(123)
+  before = np.random.get_state()[1].copy()
+  first = linear_eval.corrupt(image, "gaussian_noise", 5)
+  np.testing.assert_array_equal(np.random.get_state()[1], before)  # global state untouched
+  np.random.seed(456)  # and a caller's global seeding does not change the corruption
+  np.testing.assert_array_equal(linear_eval.corrupt(image, "gaussian_noise", 5), first)
+
+
+def test_tsne_plot_can_be_turned_off(tmp_path):
+  features = np.random.default_rng(0).normal(size=(20, 4))
+  path = str(tmp_path / "tsne.png")
+  assert linear_eval.plot_tsne(features, np.arange(20) % 2, ("a", "b"), path, 0, 0) is None
+  assert not os.path.exists(path)
 
 
 def test_probe_on_freshly_augmented_views_each_epoch(fashion_mnist_dir, pretrained, tmp_path):
