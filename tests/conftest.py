@@ -6,10 +6,11 @@ import sys
 # small test's time: without XLA's backend (LLVM) optimisations the suite spends about a third
 # less CPU time (tests/test_models.py: 45 -> 31 CPU s); the tests' shapes are tiny, so the
 # slower compiled code costs little.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-).strip()
+def _xla_flags(devices: int) -> str:
+  return f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _xla_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # torchvision and timm (the tests' references) import torch._dynamo, which loads triton, whose
 # bundled LLVM crashes the process (segfault) once TensorFlow is loaded. Nothing here needs
@@ -20,6 +21,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
 
 FASHION_MNIST_FILES = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def cpu_env():
+  """env(devices=8): the environment for a subprocess with `devices` CPU devices, compiled as
+  this session compiles (results compared across processes must come from the same code)."""
+  def env(devices: int = 8) -> dict[str, str]:
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": _xla_flags(devices)}
+  return env
 
 
 @pytest.fixture(scope="session")

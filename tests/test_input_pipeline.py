@@ -142,11 +142,17 @@ def test_global_arrays_from_the_train_iterator(mock_tfds):
     np.testing.assert_array_equal(np.asarray(batch[key]), local[key])
 
 
+# The classes of Fashion-MNIST (Xiao et al., 2017, Table 1), in label order.
+_FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                        "Sneaker", "Bag", "Ankle boot")
+
+
 def test_fashion_mnist_train_and_eval_batches(fashion_mnist_dir):
   config = _config("fashion_mnist", 28, data_dir=fashion_mnist_dir, crop_area=(0.2, 1.0))
   info = input_pipeline.dataset_info(config)
   assert info == input_pipeline.DatasetInfo(num_train_examples=60_000, num_eval_examples=10_000,
-                                            num_classes=10, image_shape=(28, 28, 1))
+                                            num_classes=10, image_shape=(28, 28, 1),
+                                            label_names=_FASHION_MNIST_NAMES)
   batch = _first_batches(input_pipeline.create_train_dataset(config), 1)[0]
   assert batch["images"].shape == (8, 2, 28, 28, 1)
   _assert_normalised(config, batch["images"])

@@ -57,10 +57,9 @@ def _free_port() -> int:
 
 
 def test_two_processes_equal_one_process_with_8_devices(fashion_mnist_dir, tmp_path,
-                                                         monkeypatch):
+                                                         monkeypatch, cpu_env):
   multi = str(tmp_path / "two_processes")
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu"}
+  env = cpu_env(4)
   port = _free_port()
   workers = [subprocess.Popen(
       [sys.executable, "-c", _WORKER.format(repo=REPO, tests=os.path.join(REPO, "tests"),

@@ -32,18 +32,17 @@ def test_this_checkout_matches_its_pins():
   assert preflight.version_problems(preflight.REQUIREMENTS) == []
 
 
-def _preflight(*flags):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+def _preflight(cpu_env, *flags):
+  env = cpu_env(4)
   return subprocess.run([sys.executable, "-m", "supcon_jax.preflight", *flags], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_preflight_prints_the_job_and_fails_on_a_wrong_count():
-  ok = _preflight("--expect_platform=cpu", "--expect_devices=4")
+def test_preflight_prints_the_job_and_fails_on_a_wrong_count(cpu_env):
+  ok = _preflight(cpu_env, "--expect_platform=cpu", "--expect_devices=4")
   assert ok.returncode == 0, ok.stderr
   assert "process 0 of 1: 4 local of 4 cpu devices" in ok.stdout
-  bad = _preflight("--expect_platform=tpu", "--expect_devices=32")
+  bad = _preflight(cpu_env, "--expect_platform=tpu", "--expect_devices=32")
   assert bad.returncode == 1
   assert "jax runs on cpu, expected tpu" in bad.stderr
   assert "the job sees 4 devices, expected 32" in bad.stderr

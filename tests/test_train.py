@@ -186,10 +186,10 @@ train.train_and_evaluate(test_train.tiny_config({data_dir!r}, num_train_steps=6)
 """
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(fashion_mnist_dir, tmp_path, uninterrupted):
+def test_resume_after_sigkill_matches_uninterrupted_run(fashion_mnist_dir, tmp_path, uninterrupted,
+                                                      cpu_env):
   workdir = str(tmp_path)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
+  env = cpu_env(8)
   code = _KILLED_RUN.format(repo=REPO, tests=os.path.join(REPO, "tests"), data_dir=fashion_mnist_dir,
                             workdir=workdir)
   proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -302,10 +302,9 @@ def test_every_config_file_is_valid(name):
   models.validate(config.model)
 
 
-def test_command_line_overrides_reach_the_config(tmp_path):
+def test_command_line_overrides_reach_the_config(tmp_path, cpu_env):
   """A bad override reaches validation and the error names it; nothing is written."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
+  env = cpu_env(8)
   proc = subprocess.run(
       [sys.executable, "-m", "supcon_jax.main", "--config=configs/fashion_mnist.py",
        f"--workdir={tmp_path}/run", "--config.batch_size=100"],
