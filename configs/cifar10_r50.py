@@ -41,6 +41,7 @@ def get_config():
   c.data.image_size = 32
   c.data.augment = "simclr"
   c.data.crop_area = (0.2, 1.0)
+  c.data.crop_aspect_ratio = (3 / 4, 4 / 3)  # RandomResizedCrop's default ratio
   c.data.color_jitter_strength = 0.5  # brightness/contrast/saturation 0.4, hue 0.1, p 0.8
   c.data.blur = False
 

@@ -18,9 +18,12 @@ zero-initialised; AutoAugment; label smoothing 0.05 (the online probe here). Lin
 mean square starting at 1) at 0.05 × batch / 256 with batch 6144, 12 warm-up epochs, then
 × 0.97 every 0.5 epoch (staircase), weight decay 1e-6 on kernel and bias, label smoothing
 0.05, glorot-uniform initial kernel, 90 epochs on augmented training views.
-The data pipeline's crop sampler and AutoAugment policy are data.* fields of the augmentation
-module: the released code crops with crop_area_range (0.08, 1.0) and uses the TPU models'
-AutoAugment policy v0 (augmentation_magnitude 1.0).
+Views (preprocessing.py): tf.image.sample_distorted_bounding_box over the whole image with
+area crop_area_range (0.08, 1.0), aspect ratio (0.75, 1.33), min_object_covered 0.1 and 100
+attempts, falling back to the central square; bilinear resize to 224; flip; then the TF models'
+AutoAugment policy v0 (augmentation_magnitude 1.0). Evaluation resizes the short side to
+224 + 32 and takes the central 224 crop (RESIZE_THEN_CROP, crop_padding 32). The sampler's
+min_object_covered / attempts and the AutoAugment policy are fields of the augmentation module.
 
 Paper text vs. released code (we follow the code):
 - Loss: the paper's L_out has no temperature factor; the code multiplies it by τ / 1.
@@ -49,6 +52,7 @@ def get_config():
   c.data.eval_split = "validation"
   c.data.augment = "autoaugment"
   c.data.crop_area = (0.08, 1.0)
+  c.data.crop_aspect_ratio = (0.75, 1.33)
   c.probe.corruption_split = "validation[:10000]"
 
   c.model.name = "resnet50"

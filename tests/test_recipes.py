@@ -38,6 +38,8 @@ SUPCON_R50 = {
     "data.image_size": 224,  # configs.sh:60
     "data.augment": "autoaugment",  # supcon_imagenet_resnet50.sh:32
     "data.crop_area": (0.08, 1.0),  # hparams_flags.py crop_area_range default ['0.08', '1.0']
+    # preprocessing.py _distorted_crop_window aspect_ratio_range=(0.75, 1.33).
+    "data.crop_aspect_ratio": (0.75, 1.33),
     "model.name": "resnet50",  # configs.sh:32 resnet_depth=50
     "model.width": 1.0,  # configs.sh:33 resnet_width=1
     "model.stem": "imagenet",  # configs.sh:57-59 first conv 7x7 stride 2, initial max-pool
@@ -120,6 +122,7 @@ CE_R50 = {
     "num_epochs": 200.0,  # cross_entropy_imagenet_resnet50.sh:34
     "data.augment": "autoaugment",  # cross_entropy_imagenet_resnet50.sh:32
     "data.crop_area": (0.08, 1.0),  # hparams_flags.py crop_area_range default
+    "data.crop_aspect_ratio": (0.75, 1.33),  # preprocessing.py _distorted_crop_window
     "model.name": "resnet50",  # cross_entropy_imagenet_resnet50.sh:28
     "model.stem": "imagenet",  # configs.sh:57-59
     "model.zero_init_last_bn": True,  # blocks.py third_bn init_zero=True
@@ -182,6 +185,7 @@ SUPCON_CIFAR10 = {
     "data.image_size": 32,  # main_supcon.py:133 RandomResizedCrop(size=32, ...)
     "data.augment": "simclr",  # main_supcon.py:132-141 crop, flip, jitter, grayscale
     "data.crop_area": (0.2, 1.0),  # main_supcon.py:133 scale=(0.2, 1.)
+    "data.crop_aspect_ratio": (3 / 4, 4 / 3),  # main_supcon.py:133 RandomResizedCrop's default
     "data.color_jitter_strength": 0.5,  # main_supcon.py:136 ColorJitter(0.4, 0.4, 0.4, 0.1)
     "data.blur": False,  # main_supcon.py:132-141 has no blur
     "model.name": "resnet50",  # main_supcon.py:54 --model default 'resnet50'
