@@ -30,8 +30,8 @@ import ml_collections
 import numpy as np
 import optax
 import tensorflow as tf
-from flax import linen as nn
 from absl import app, flags, logging
+from flax import linen as nn
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tensorflow_datasets.image_classification import corruptions as tfds_corruptions

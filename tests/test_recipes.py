@@ -568,3 +568,22 @@ def test_probe_sees_the_normalised_representation_the_classifier_sees():
                                  rng=jax.random.PRNGKey(0))
   probe_input = linear_eval._represent_fn(model)(state, x[:, None])  # [N, V=1, H, W, C]
   np.testing.assert_allclose(probe_input, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("module, policy", [
+    (imagenet_r50, "autoaugment"),  # launcher.py: stage 2 reads stage 1's training input_fn
+    (cifar10_r50, "crop_flip"),  # main_linear.py uses main_ce.py's set_loader: crop + flip
+])
+def test_probe_trains_on_the_released_views(monkeypatch, module, policy):
+  """linear_eval's augmented epochs read one view per image under the released policy."""
+  class Seen(Exception):
+    pass
+
+  def record(config, mesh):
+    del mesh
+    raise Seen(config.data.augment, config.data.num_views)  # no data needed beyond this
+
+  monkeypatch.setattr(linear_eval.input_pipeline, "create_train_iterator", record)
+  with pytest.raises(Seen) as seen:
+    next(linear_eval._augmented_epochs(module.get_config(), None, None, None, 1))
+  assert seen.value.args == (policy, 1)
