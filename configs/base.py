@@ -175,6 +175,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.probe.augmented_features = False
   # The policy of those views (a data.augment value); None: the pretraining's data.augment.
   c.probe.augment = ml_collections.FieldReference(None, field_type=str)
+  # Those views pass the frozen encoder with BatchNorm on their batch's statistics (the
+  # released TF stage 2; running statistics stay as trained) instead of the running ones.
+  c.probe.train_batch_statistics = False
   c.probe.label_smoothing = 0.0
   # Initial probe kernel: zeros | glorot_uniform (the released TF SupCon classifier). The
   # bias starts at zero.

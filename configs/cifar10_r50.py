@@ -81,6 +81,7 @@ def get_config():
   c.probe.batch_size = 512
   c.probe.augmented_features = True
   c.probe.augment = "crop_flip"
+  c.probe.train_batch_statistics = False  # main_linear.py: model.eval()
   c.probe.label_smoothing = 0.0
   c.probe.init = "zeros"
   p = c.probe.optim

@@ -17,7 +17,8 @@ zero-initialised; AutoAugment; label smoothing 0.05 (the online probe here). Lin
 (the released stage 2, fed the same normalised r): RMSProp (decay 0.9, momentum 0.9, ε 1e-3,
 mean square starting at 1) at 0.05 × batch / 256 with batch 6144, 12 warm-up epochs, then
 × 0.97 every 0.5 epoch (staircase), weight decay 1e-6 on kernel and bias, label smoothing
-0.05, glorot-uniform initial kernel, 90 epochs on augmented training views.
+0.05, glorot-uniform initial kernel, 90 epochs on augmented training views that pass the
+encoder with BatchNorm on batch statistics (training mode, running averages not updated).
 Views (preprocessing.py): tf.image.sample_distorted_bounding_box over the whole image with
 area crop_area_range (0.08, 1.0), aspect ratio (0.75, 1.33), min_object_covered 0.1 and 100
 attempts, falling back to the central square; bilinear resize to 224; flip; then the TF models'
@@ -32,8 +33,7 @@ Paper text vs. released code (we follow the code):
 - The paper does not give the learning rates, weight decay, warm-up, label smoothing or the
   probe's optimizer and schedule; these are the script's values.
 Where we differ from the code, and why:
-- The released stage 2 runs in the same job, with the encoder's BatchNorm in training mode
-  (batch statistics, not updated); our linear_eval uses the frozen running statistics.
+- The released stage 2 continues the pretraining job; ours is linear_eval on the checkpoint.
 - The online probe trains during pretraining with the pretraining optimizer (the released
   classification head waits for stage 2); it does not reach the encoder.
 - bfloat16 compute (the script's allow_mixed_precision=True), float32 parameters.
@@ -92,6 +92,7 @@ def get_config():
   c.probe.batch_size = 6144
   c.probe.augmented_features = True
   c.probe.augment = None  # the pretraining views (stage 2 reads the same input_fn)
+  c.probe.train_batch_statistics = True
   c.probe.label_smoothing = 0.05
   c.probe.init = "glorot_uniform"
   p = c.probe.optim

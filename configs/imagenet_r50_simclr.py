@@ -14,8 +14,8 @@ epochs then cosine, label smoothing 0.05, zero-initialised classifier, 90 epochs
 training views.
 
 Paper text vs. released code: the paper gives no values for this baseline beyond "SimCLR";
-we follow the script. Where we differ from the code: as configs/imagenet_r50.py (stage-2
-BatchNorm mode, the online probe, bfloat16).
+we follow the script. Where we differ from the code: as configs/imagenet_r50.py (stage 2 as
+its own job, the online probe, bfloat16).
 """
 from configs import imagenet_r50
 

@@ -3,7 +3,8 @@
   python -m supcon_jax.linear_eval --config=configs/fashion_mnist.py --workdir=/tmp/supcon_fmnist
 
 The encoder is restored from the pretraining checkpoint in --workdir (latest, or --step),
-frozen, BatchNorm in inference mode, projection head dropped. The probe reads the model's
+frozen, BatchNorm in inference mode (on augmented training views optionally with the batch's
+own statistics, probe.train_batch_statistics), projection head dropped. The probe reads the model's
 "representation": r exactly as the model's heads see it (L2-normalised when
 model.normalize_representation). Representations of the train and test splits are extracted
 once (sharded over every device), a linear classifier is fitted on them (or, with
@@ -188,10 +189,18 @@ def _restore(config, workdir: str, mesh, step: Optional[int]):
   return exp, state, step
 
 
-def _represent_fn(model, key: str = "representation"):
+def _represent_fn(model, key: str = "representation", batch_statistics: bool = False):
+  """Jitted (state, images [N, V, H, W, C]) -> model output `key` of the first view.
+
+  BatchNorm uses the running statistics, or with `batch_statistics` those of the batch
+  itself, leaving the running ones untouched (the released TF stage 2 on training views).
+  """
   def represent(state, images):
-    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                          images[:, 0], train=False)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    if batch_statistics:
+      outputs, _ = model.apply(variables, images[:, 0], train=True, mutable=["batch_stats"])
+    else:
+      outputs = model.apply(variables, images[:, 0], train=False)
     return outputs[key]
   return jax.jit(represent)
 
@@ -227,7 +236,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
   epoch_features = None
   if probe.augmented_features:
-    epoch_features = _augmented_epochs(config, mesh, represent, state, exp.steps_per_epoch)
+    epoch_features = _augmented_epochs(
+        config, mesh, _represent_fn(exp.model, batch_statistics=probe.train_batch_statistics),
+        state, exp.steps_per_epoch)
   params = fit_linear_probe(train_x, train_y, num_classes, probe_config=probe,
                             seed=config.seed, epoch_features=epoch_features)
   classify = jax.jit(lambda x: x @ params["kernel"] + params["bias"])

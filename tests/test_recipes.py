@@ -83,6 +83,9 @@ SUPCON_R50 = {
     # launcher.py: stage 2 trains on the same training input_fn (augmented views).
     "probe.augmented_features": True,
     "probe.augment": None,
+    # launcher.py is_bn_train_mode = not eval: stage 2 runs BatchNorm in training mode, and
+    # configs.sh:79 stage_2_update_encoder_batch_norm=False keeps the running statistics.
+    "probe.train_batch_statistics": True,
     "probe.label_smoothing": 0.05,  # configs.sh:62, one label_smoothing for both stages
     # configs.sh:86 zero_initialize_classifier=False -> launcher.py glorot_uniform kernel.
     "probe.init": "glorot_uniform",
@@ -167,6 +170,7 @@ SIMCLR_R50 = {
     "probe.label_smoothing": 0.05,  # configs.sh:62
     "probe.init": "zeros",  # configs.sh:94 zero_initialize_classifier=True
     "probe.augmented_features": True,  # launcher.py: stage 2 reads the training input_fn
+    "probe.train_batch_statistics": True,  # launcher.py is_bn_train_mode; configs.sh:79
     "probe.optim.name": "sgd",  # simclr_imagenet_resnet50.sh:37 stage_2_optimizer=NESTEROV
     "probe.optim.nesterov": True,  # utils.py build_optimizer NESTEROV
     "probe.optim.momentum": 0.9,  # utils.py build_optimizer momentum=0.9
@@ -218,6 +222,7 @@ SUPCON_CIFAR10 = {
     "probe.batch_size": 512,  # README.md:83 --batch_size 512
     "probe.augmented_features": True,  # main_ce.py set_loader: augmented train_transform
     "probe.augment": "crop_flip",  # main_ce.py set_loader: RandomResizedCrop + flip only
+    "probe.train_batch_statistics": False,  # main_linear.py train(): model.eval()
     "probe.label_smoothing": 0.0,  # main_linear.py set_model: CrossEntropyLoss()
     "probe.optim.name": "sgd",  # util.py set_optimizer: optim.SGD
     "probe.optim.base_lr": 5.0 * 256 / 512,  # README.md:84 --learning_rate 5 at batch 512
@@ -538,12 +543,13 @@ def test_loss_scale_is_the_released_one(module, factor):
 
 
 class _TinyEncoder(nn.Module):
-  """images [N, H, W, C] -> r [N, 16] by one Dense layer on the flattened pixels."""
+  """images [N, H, W, C] -> r [N, 16]: a bias-free Dense on the flattened pixels, then
+  BatchNorm (running statistics start at mean 0, variance 1)."""
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-    del train
-    return nn.Dense(16)(images.reshape(images.shape[0], -1))
+    x = nn.Dense(16, use_bias=False)(images.reshape(images.shape[0], -1))
+    return nn.BatchNorm(use_running_average=not train)(x)
 
 
 def test_probe_sees_the_normalised_representation_the_classifier_sees():
@@ -563,11 +569,34 @@ def test_probe_sees_the_normalised_representation_the_classifier_sees():
   np.testing.assert_allclose(out["logits"], r @ classifier["kernel"] + classifier["bias"],
                              rtol=1e-5, atol=1e-6)
 
-  state = experiment.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                                 batch_stats={}, opt_state=(),
-                                 rng=jax.random.PRNGKey(0))
-  probe_input = linear_eval._represent_fn(model)(state, x[:, None])  # [N, V=1, H, W, C]
+  probe_input = linear_eval._represent_fn(model)(_state(variables), x[:, None])
   np.testing.assert_allclose(probe_input, r, rtol=1e-5, atol=1e-6)
+
+
+def _state(variables) -> experiment.TrainState:
+  return experiment.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                               batch_stats=variables["batch_stats"], opt_state=(),
+                               rng=jax.random.PRNGKey(0))
+
+
+def test_probe_training_views_can_use_batch_statistics():
+  """The released stage 2 (imagenet_r50) normalises each training batch by its own
+  statistics: features then ignore a global rescaling of the images, which the running
+  statistics (SupContrast's model.eval(), and every test image) do not; the running
+  statistics stay as trained."""
+  config = imagenet_r50.get_config()
+  config.model.head_dims, config.model.dtype = (8,), "float32"
+  config.model.normalize_representation = False
+  model = models.build_model(config.model).clone(encoder=_TinyEncoder())
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 1, 4, 4, 3))  # [N, V, H, W, C]
+  variables = model.init(jax.random.PRNGKey(1), x[:, 0], train=False)
+  state = _state(variables)
+  batch = linear_eval._represent_fn(model, batch_statistics=True)
+  running = linear_eval._represent_fn(model, batch_statistics=False)
+  np.testing.assert_allclose(batch(state, 3.0 * x), batch(state, x), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(running(state, 3.0 * x), 3.0 * running(state, x), rtol=1e-4,
+                             atol=1e-5)
+  jax.tree.map(np.testing.assert_array_equal, state.batch_stats, variables["batch_stats"])
 
 
 @pytest.mark.parametrize("module, policy", [
