@@ -13,8 +13,26 @@ def optimizer_defaults() -> ml_collections.ConfigDict:
   # Peak learning rate = base_lr * batch_size / 256.
   o.base_lr = 0.3
   o.warmup_epochs = 1.0
-  o.schedule = "cosine"  # cosine | constant (after warmup)
+  # The warm-up starts at this fraction of the peak (SupContrast: 0.01 / 0.5 = 0.02).
+  o.warmup_init_factor = 0.0
+  # After the warm-up: cosine | constant | exponential | step (supcon_jax.optim.SCHEDULES).
+  o.schedule = "cosine"
+  # True: the decay starts at the peak when the warm-up ends (the released TF code). False:
+  # the decay counts steps from 0 and the warm-up replaces its first epochs (SupContrast).
+  o.decay_after_warmup = True
+  # cosine: the learning rate at the end, as a fraction of the peak (SupContrast: 1e-3).
+  o.end_lr_factor = 0.0
+  # exponential and step: the factor of each decay.
+  o.decay_rate = 0.1
+  # exponential: epochs between decays (staircase), counted from the end of the warm-up.
+  o.epochs_per_decay = 1.0
+  # step: epochs (after the warm-up) at which the learning rate is multiplied by decay_rate.
+  o.milestones_epochs = (30, 60, 80)
   o.weight_decay = 1e-6
+  # Weight decay (and LARS's trust ratio) always covers kernels; these add the biases of
+  # Dense/Conv layers and the scale/bias of normalisation layers (supcon_jax.optim.decay_mask).
+  o.decay_biases = False
+  o.decay_norms = False
   o.momentum = 0.9
   o.nesterov = False
   o.trust_coefficient = 1e-3
@@ -22,6 +40,8 @@ def optimizer_defaults() -> ml_collections.ConfigDict:
   o.b2 = 0.999
   o.eps = 1e-8
   o.rmsprop_decay = 0.9
+  # RMSProp's initial mean square (TF1's RMSPropOptimizer starts it at 1.0, optax at 0.0).
+  o.rmsprop_initial_scale = 0.0
   o.grad_clip_norm = 0.0  # 0 disables clipping
   return o
 
@@ -106,7 +126,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.head_dims = (2048, 128)
   # BatchNorm between the projection head's layers.
   c.model.head_bn = False
-  # L2-normalise the representation before the projection head (official ImageNet runs).
+  # A bias in the head's last Dense layer (the released TF head has none; SupContrast's has).
+  c.model.head_output_bias = True
+  # Initialisation of the head's Dense layers: lecun_normal (flax's default) | normal (std
+  # head_init_std, zero bias; the released TF head) | torch (PyTorch nn.Linear's default:
+  # kernel and bias uniform in ±1/sqrt(fan_in); SupContrast's head).
+  c.model.head_init = "lecun_normal"
+  c.model.head_init_std = 0.01
+  # L2-normalise the representation r before both heads (the released TF SupCon runs); the
+  # model's "representation" output, and so the linear probe, is then the normalised r.
   c.model.normalize_representation = False
 
   # --- Start from a PyTorch checkpoint (supcon_jax/torch_io.py) ------------------------------
@@ -143,9 +171,13 @@ def get_config() -> ml_collections.ConfigDict:
   # replicating them: for encoders whose state does not fit on one device.
   c.train.shard_params = False
   c.train.log_every_steps = 50
-  # <= 0: evaluate the online probe only at the end.
-  c.train.eval_every_steps = 1000
-  c.train.checkpoint_every_steps = 1000
+  # Evaluation and checkpoint intervals: set exactly one of *_epochs and *_steps (the other
+  # None); epochs become steps in supcon_jax.experiment, so they follow batch_size.
+  # An evaluation interval <= 0 evaluates the online probe only at the end.
+  c.train.eval_every_epochs = ml_collections.FieldReference(None, field_type=float)
+  c.train.eval_every_steps = ml_collections.FieldReference(1000, field_type=int)
+  c.train.checkpoint_every_epochs = ml_collections.FieldReference(None, field_type=float)
+  c.train.checkpoint_every_steps = ml_collections.FieldReference(1000, field_type=int)
   c.train.keep_checkpoints = 3
   # Gradient caching: embed the global batch in this many micro-batches without keeping
   # activations, take the loss gradient w.r.t. the embeddings over the whole batch, then
@@ -162,6 +194,15 @@ def get_config() -> ml_collections.ConfigDict:
   # Features of freshly augmented train views each epoch (the paper), instead of fixed
   # eval-preprocessed ones: more faithful, one encoder pass over the train split per epoch.
   c.probe.augmented_features = False
+  # The policy of those views (a data.augment value); None: the pretraining's data.augment.
+  c.probe.augment = ml_collections.FieldReference(None, field_type=str)
+  # Those views pass the frozen encoder with BatchNorm on their batch's statistics (the
+  # released TF stage 2; running statistics stay as trained) instead of the running ones.
+  c.probe.train_batch_statistics = False
+  c.probe.label_smoothing = 0.0
+  # Initial probe kernel: zeros | glorot_uniform (the released TF SupCon classifier). The
+  # bias starts at zero.
+  c.probe.init = "zeros"
   # The probe's optimizer: the optimizer defaults, except for these.
   c.probe.optim = optimizer_defaults()
   c.probe.optim.name = "sgd"

@@ -23,8 +23,8 @@ def create_manager(workdir: str, config: ml_collections.ConfigDict,
                    read_only: bool = False) -> ocp.CheckpointManager:
   """Async manager that keeps the last `train.keep_checkpoints`.
 
-  When to save is the trainer's decision (every train.checkpoint_every_steps, at the end, on
-  preemption): orbax's own interval logic would also save the first step of every run.
+  When to save is the trainer's decision (every train.checkpoint_every_{epochs,steps}, at the
+  end, on preemption): orbax's own interval logic would also save the first step of every run.
   """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints,

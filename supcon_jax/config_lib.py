@@ -2,20 +2,32 @@
 import jax
 import ml_collections
 
-from supcon_jax import checks, losses, optim
+from supcon_jax import augment, checks, losses, optim
 
 METHODS = ("supcon", "simclr", "cross_entropy")
+PROBE_INITS = ("zeros", "glorot_uniform")
 
 
 def _fail(field: str, value, expected: str) -> None:
   checks.check(field, value, False, expected)
 
 
+def validate_probe(probe: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad field of config.probe (the linear probe)."""
+  optim.validate(probe.optim, "config.probe.optim")
+  checks.check_choice("config.probe.init", probe.init, PROBE_INITS)
+  checks.check("config.probe.label_smoothing", probe.label_smoothing,
+               0 <= probe.label_smoothing < 1, "a value in [0, 1)")
+  checks.check("config.probe.epochs", probe.epochs, probe.epochs >= 1, ">= 1")
+  if probe.augment is not None:
+    checks.check_choice("config.probe.augment", probe.augment, augment.POLICIES)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for the first bad trainer-level value (models and data check theirs)."""
   checks.check_choice("config.method", config.method, METHODS)
   optim.validate(config.optim, "config.optim")
-  optim.validate(config.probe.optim, "config.probe.optim")
+  validate_probe(config.probe)
   for field, choices in (("contrast_mode", losses.CONTRAST_MODES),
                          ("summation", losses.SUMMATIONS),
                          ("denominator", losses.DENOMINATORS)):
@@ -44,6 +56,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("config.train.microbatches", microbatches,
           f"it must be >= 1 and split the batch ({config.batch_size}) into micro-batches "
           f"that are multiples of the {jax.device_count()} devices")
-  for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+  for field in ("log_every_steps", "keep_checkpoints"):
     if config.train[field] <= 0:
+      _fail(f"config.train.{field}", config.train[field], "it must be > 0")
+  for name in ("eval", "checkpoint"):
+    steps, epochs = config.train[f"{name}_every_steps"], config.train[f"{name}_every_epochs"]
+    if (steps is None) == (epochs is None):
+      _fail(f"config.train.{name}_every_epochs", epochs,
+            f"exactly one of it and config.train.{name}_every_steps (now {steps}) to be set; "
+            "set the other to None")
+  for field in ("checkpoint_every_steps", "checkpoint_every_epochs"):
+    if config.train[field] is not None and config.train[field] <= 0:
       _fail(f"config.train.{field}", config.train[field], "it must be > 0")

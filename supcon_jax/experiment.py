@@ -49,6 +49,9 @@ class Experiment:
   schedule: optax.Schedule
   steps_per_epoch: int
   total_steps: int
+  # train.*_every_{epochs,steps} in steps; eval_every_steps <= 0: only at the end.
+  eval_every_steps: int
+  checkpoint_every_steps: int
   init_fn: Callable[[jax.Array], TrainState]
   state_shape: Any  # TrainState of jax.ShapeDtypeStruct
   state_shardings: Any
@@ -82,6 +85,20 @@ def prepared_dataset_info(config: ml_collections.ConfigDict) -> input_pipeline.D
     return input_pipeline.dataset_info(config)
 
 
+def interval_steps(train_config: ml_collections.ConfigDict, name: str,
+                   steps_per_epoch: int) -> int:
+  """train.<name>_every_steps, or train.<name>_every_epochs in steps (at least 1 when > 0).
+
+  The one place where an interval in epochs becomes steps, so it follows config.batch_size;
+  config_lib.validate has checked that exactly one of the two is set.
+  """
+  steps = train_config[f"{name}_every_steps"]
+  if steps is not None:
+    return steps
+  epochs = train_config[f"{name}_every_epochs"]
+  return max(int(round(epochs * steps_per_epoch)), 1) if epochs > 0 else 0
+
+
 def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh) -> Experiment:
   """Validates `config` and derives data facts, model, optimizer and the state's layout."""
   config_lib.validate(config)
@@ -100,7 +117,11 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh) -> Experimen
                               image_shape=data.image_shape)
   state_shape = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
   return Experiment(data=data, model=model, tx=tx, schedule=schedule,
-                    steps_per_epoch=steps_per_epoch, total_steps=total_steps, init_fn=init_fn,
+                    steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                    eval_every_steps=interval_steps(config.train, "eval", steps_per_epoch),
+                    checkpoint_every_steps=interval_steps(config.train, "checkpoint",
+                                                          steps_per_epoch),
+                    init_fn=init_fn,
                     state_shape=state_shape,
                     state_shardings=sharding.state_shardings(state_shape, mesh,
                                                              config.train.shard_params))

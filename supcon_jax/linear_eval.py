@@ -3,10 +3,16 @@
   python -m supcon_jax.linear_eval --config=configs/fashion_mnist.py --workdir=/tmp/supcon_fmnist
 
 The encoder is restored from the pretraining checkpoint in --workdir (latest, or --step),
-frozen, BatchNorm in inference mode, projection head dropped. Representations r of the train
-and test splits are extracted once (sharded over every device), a linear classifier is fitted
-on them with cross-entropy, and the report (JSON, TensorBoard scalars, a t-SNE PNG) goes to
---output_dir (default WORKDIR/linear_eval).
+frozen, BatchNorm in inference mode (on augmented training views optionally with the batch's
+own statistics, probe.train_batch_statistics), projection head dropped. The probe reads the model's
+"representation": r exactly as the model's heads see it (L2-normalised when
+model.normalize_representation). Representations of the train and test splits are extracted
+once (sharded over every device), a linear classifier is fitted on them (or, with
+probe.augmented_features, on fresh augmented views each epoch) with cross-entropy, and the
+report (JSON, TensorBoard scalars, a t-SNE PNG) goes to --output_dir (default
+WORKDIR/linear_eval). The protocol is the recipe's config.probe: e.g. the released TF ImageNet
+stage 2 (RMSProp, staircase exponential decay, label smoothing) in configs/imagenet_r50.py,
+SupContrast's main_linear.py (SGD, step decay) in configs/cifar10_r50.py.
 """
 import json
 import os
@@ -26,12 +32,13 @@ import numpy as np
 import optax
 import tensorflow as tf
 from absl import app, flags, logging
+from flax import linen as nn
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tensorflow_datasets.image_classification import corruptions as tfds_corruptions
 
-from supcon_jax import checkpointing, distributed, experiment, input_pipeline, losses, metrics
-from supcon_jax import optim, sharding, torch_io
+from supcon_jax import checkpointing, config_lib, distributed, experiment, input_pipeline
+from supcon_jax import losses, metrics, optim, sharding, torch_io
 
 
 # --- Pure pieces: probe, kNN, calibration -----------------------------------------------------
@@ -43,20 +50,25 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int,
   """Fits logits = r W + b by minibatch cross-entropy; returns {"kernel": [D, C], "bias": [C]}.
 
   features [N, D], labels [N]. With `epoch_features`, epoch e trains on its e-th
-  (features, labels) instead (the paper's freshly augmented views per epoch).
+  (features, labels) instead (the paper's freshly augmented views per epoch). The optimizer,
+  schedule, label smoothing and initial kernel come from `probe_config` (config.probe).
   """
+  config_lib.validate_probe(probe_config)
   batch = min(probe_config.batch_size, len(features))
   steps_per_epoch = max(len(features) // batch, 1)
   total = probe_config.epochs * steps_per_epoch
   schedule = optim.learning_rate_schedule(probe_config.optim, batch, steps_per_epoch, total)
   tx = optim.create_optimizer(probe_config.optim, schedule, "config.probe.optim")
-  params = {"kernel": jnp.zeros((features.shape[1], num_classes)),
-            "bias": jnp.zeros((num_classes,))}
+  kernel_shape = (features.shape[1], num_classes)
+  kernel = (nn.initializers.glorot_uniform()(jax.random.PRNGKey(seed), kernel_shape)
+            if probe_config.init == "glorot_uniform" else jnp.zeros(kernel_shape))
+  params = {"kernel": kernel, "bias": jnp.zeros((num_classes,))}
   opt_state = tx.init(params)
 
   @jax.jit
   def step(params, opt_state, x, y):
-    loss_fn = lambda p: losses.cross_entropy_loss(x @ p["kernel"] + p["bias"], y)
+    loss_fn = lambda p: losses.cross_entropy_loss(
+        x @ p["kernel"] + p["bias"], y, label_smoothing=probe_config.label_smoothing)
     grads = jax.grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
@@ -180,10 +192,18 @@ def _restore(config, workdir: str, mesh, step: Optional[int]):
   return exp, state, step
 
 
-def _represent_fn(model, key: str = "representation"):
+def _represent_fn(model, key: str = "representation", batch_statistics: bool = False):
+  """Jitted (state, images [N, V, H, W, C]) -> model output `key` of the first view.
+
+  BatchNorm uses the running statistics, or with `batch_statistics` those of the batch
+  itself, leaving the running ones untouched (the released TF stage 2 on training views).
+  """
   def represent(state, images):
-    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                          images[:, 0], train=False)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    if batch_statistics:
+      outputs, _ = model.apply(variables, images[:, 0], train=True, mutable=["batch_stats"])
+    else:
+      outputs = model.apply(variables, images[:, 0], train=False)
     return outputs[key]
   return jax.jit(represent)
 
@@ -219,7 +239,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
   epoch_features = None
   if probe.augmented_features:
-    epoch_features = _augmented_epochs(config, mesh, represent, state, exp.steps_per_epoch)
+    epoch_features = _augmented_epochs(
+        config, mesh, _represent_fn(exp.model, batch_statistics=probe.train_batch_statistics),
+        state, exp.steps_per_epoch)
   params = fit_linear_probe(train_x, train_y, num_classes, probe_config=probe,
                             seed=config.seed, epoch_features=epoch_features)
   classify = jax.jit(lambda x: x @ params["kernel"] + params["bias"])
@@ -300,9 +322,12 @@ def mean_corruption_error(corruption: dict, names, severities) -> float:
 
 
 def _augmented_epochs(config, mesh, represent, state, steps_per_epoch):
-  """Per epoch: features of one freshly augmented view of each train example."""
+  """Per epoch: features of one freshly augmented view (policy probe.augment, else
+  data.augment) of each train example."""
   aug = config.copy_and_resolve_references()
   aug.data.num_views = 1
+  if config.probe.augment is not None:
+    aug.data.augment = config.probe.augment
   batches = input_pipeline.create_train_iterator(aug, mesh)
   for _ in range(config.probe.epochs):
     feats, labels = [], []

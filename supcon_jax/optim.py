@@ -1,72 +1,116 @@
 """Optimizers and learning-rate schedules, all built from the config with optax."""
+import functools
 from typing import Any
 
-import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import traverse_util
 
 from supcon_jax import checks
 
 OPTIMIZERS = ("lars", "sgd", "rmsprop", "adamw")
-SCHEDULES = ("cosine", "constant")
+# What follows the linear warm-up: cosine (to end_lr_factor × peak at the end) | constant |
+# exponential (× decay_rate every epochs_per_decay epochs, staircase) | step (× decay_rate at
+# each of milestones_epochs).
+SCHEDULES = ("cosine", "constant", "exponential", "step")
 
-# Leaves named like this are BatchNorm / LayerNorm parameters or biases: the paper's LARS
-# recipe (as SimCLR's) applies neither weight decay nor the trust ratio to them.
-_UNDECAYED_NAMES = ("bias", "scale")
 
+def decay_mask(params: Any, decay_biases: bool = False, decay_norms: bool = False) -> Any:
+  """Pytree of bools like `params`: True for leaves that get weight decay and LARS scaling.
 
-def decay_mask(params: Any) -> Any:
-  """Pytree of bools like `params`: True for weights that get weight decay and LARS scaling."""
-  def is_decayed(path, _):
-    name = getattr(path[-1], "key", getattr(path[-1], "name", str(path[-1])))
-    return name not in _UNDECAYED_NAMES
-  return jax.tree_util.tree_map_with_path(is_decayed, params)
+  Kernels and every other leaf always do. A `bias` beside a `kernel` (Dense / Conv) does only
+  if `decay_biases`; the `scale` and `bias` of a module without a kernel (BatchNorm, LayerNorm,
+  GroupNorm) only if `decay_norms`.
+  """
+  flat = traverse_util.flatten_dict(params)
+  has_kernel = {path[:-1] for path in flat if path[-1] == "kernel"}
+
+  def decayed(path: tuple[str, ...]) -> bool:
+    if path[-1] in ("scale", "bias") and path[:-1] not in has_kernel:
+      return decay_norms
+    return decay_biases if path[-1] == "bias" else True
+  return traverse_util.unflatten_dict({path: decayed(path) for path in flat})
 
 
 def validate(optim_config: ml_collections.ConfigDict, prefix: str) -> None:
   """Raises ValueError naming the first bad choice of `optim_config` (called `prefix`)."""
-  checks.check_choice(f"{prefix}.name", optim_config.name, OPTIMIZERS)
-  checks.check_choice(f"{prefix}.schedule", optim_config.schedule, SCHEDULES)
+  o = optim_config
+  checks.check_choice(f"{prefix}.name", o.name, OPTIMIZERS)
+  checks.check_choice(f"{prefix}.schedule", o.schedule, SCHEDULES)
+  checks.check(f"{prefix}.warmup_epochs", o.warmup_epochs, o.warmup_epochs >= 0, ">= 0")
+  checks.check(f"{prefix}.warmup_init_factor", o.warmup_init_factor,
+               0 <= o.warmup_init_factor <= 1, "a fraction of the peak in [0, 1]")
+  checks.check(f"{prefix}.end_lr_factor", o.end_lr_factor, 0 <= o.end_lr_factor <= 1,
+               "a fraction of the peak in [0, 1]")
+  if o.schedule in ("exponential", "step"):
+    checks.check(f"{prefix}.decay_rate", o.decay_rate, 0 < o.decay_rate <= 1,
+                 f"a factor in (0, 1] for schedule={o.schedule!r}")
+  if o.schedule == "exponential":
+    checks.check(f"{prefix}.epochs_per_decay", o.epochs_per_decay, o.epochs_per_decay > 0,
+                 "> 0 for schedule='exponential'")
+  if o.schedule == "step":
+    milestones = tuple(o.milestones_epochs)
+    checks.check(f"{prefix}.milestones_epochs", milestones,
+                 len(milestones) > 0 and list(milestones) == sorted(set(milestones))
+                 and milestones[0] > 0,
+                 "increasing positive epochs for schedule='step', e.g. (60, 75, 90)")
 
 
 def learning_rate_schedule(optim_config: ml_collections.ConfigDict, batch_size: int,
                            steps_per_epoch: int, total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 over `warmup_epochs`, then cosine decay to 0 at total_steps.
+  """Linear warm-up over `warmup_epochs` from warmup_init_factor × peak to the value the decay
+  has where the warm-up ends, then `optim_config.schedule` (see SCHEDULES) until total_steps.
 
-  The peak follows the linear scaling rule: base_lr × global batch / 256.
-  `optim_config` is `config.optim` (pretraining) or `config.probe.optim` (linear eval).
+  The peak follows the linear scaling rule: base_lr × global batch / 256. With
+  decay_after_warmup the decay starts at the peak when the warm-up ends (the released TF
+  code); without, it is a function of the step from 0 and the warm-up replaces its first
+  epochs (SupContrast). `optim_config` is `config.optim` (pretraining) or `config.probe.optim`
+  (linear eval).
   """
-  peak = optim_config.base_lr * batch_size / 256
-  warmup_steps = min(int(round(optim_config.warmup_epochs * steps_per_epoch)), total_steps)
-  if optim_config.schedule == "constant":
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, warmup_steps), optax.constant_schedule(peak)],
-        [warmup_steps])
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
-      decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
+  o = optim_config
+  peak = o.base_lr * batch_size / 256
+  warmup_steps = min(int(round(o.warmup_epochs * steps_per_epoch)), total_steps)
+  offset = 0 if o.decay_after_warmup else warmup_steps
+  if o.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(peak, max(total_steps - warmup_steps + offset, 1),
+                                        alpha=o.end_lr_factor)
+  elif o.schedule == "exponential":
+    decay = optax.exponential_decay(peak, transition_steps=o.epochs_per_decay * steps_per_epoch,
+                                    decay_rate=o.decay_rate, staircase=True)
+  elif o.schedule == "step":  # from the first step of each milestone epoch on
+    boundaries = jnp.array([int(round(e * steps_per_epoch)) for e in o.milestones_epochs])
+    decay = lambda count: peak * o.decay_rate ** jnp.sum(count >= boundaries)
+  else:  # constant
+    decay = optax.constant_schedule(peak)
+  after = lambda count: decay(count + offset)
+  warmup = optax.linear_schedule(o.warmup_init_factor * peak, after(0), warmup_steps)
+  return optax.join_schedules([warmup, after], [warmup_steps])
 
 
 def create_optimizer(optim_config: ml_collections.ConfigDict, schedule: optax.Schedule,
                      prefix: str = "config.optim") -> optax.GradientTransformation:
   """The optimizer named by `optim_config.name` (the config section `prefix`), with weight
-  decay masked by `decay_mask`."""
+  decay (and LARS's trust ratio) masked by `decay_mask` under the section's decay_biases and
+  decay_norms."""
   validate(optim_config, prefix)
   o = optim_config
+  mask = functools.partial(decay_mask, decay_biases=o.decay_biases, decay_norms=o.decay_norms)
   if o.name == "lars":
-    tx = optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=decay_mask,
-                    trust_coefficient=o.trust_coefficient, trust_ratio_mask=decay_mask,
+    tx = optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=mask,
+                    trust_coefficient=o.trust_coefficient, trust_ratio_mask=mask,
                     momentum=o.momentum, nesterov=o.nesterov)
   elif o.name == "sgd":
-    tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
+    tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=mask),
                      optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov))
   elif o.name == "rmsprop":
-    tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
+    tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask=mask),
                      optax.rmsprop(schedule, decay=o.rmsprop_decay, eps=o.eps,
+                                   initial_scale=o.rmsprop_initial_scale,
                                    momentum=o.momentum))
   else:  # adamw
     tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                     mask=decay_mask)
+                     mask=mask)
   if o.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
   return tx

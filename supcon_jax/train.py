@@ -225,7 +225,7 @@ def _describe_run(config: ml_collections.ConfigDict, exp: experiment.Experiment,
                f", resuming at step {start_step}" if start_step else "")
   logging.info("Workdir %s: checkpoints every %d steps in checkpoints/, config.json; "
                "TensorBoard: tensorboard --logdir %s", workdir,
-               config.train.checkpoint_every_steps, workdir)
+               exp.checkpoint_every_steps, workdir)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -291,7 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         pending, last_log = [], (step, time.time())
       if step == start_step + 1:  # time from here on, so that compilation is not in steps/s
         last_log = (step, time.time())
-      if preempted or is_last or step % config.train.checkpoint_every_steps == 0:
+      if preempted or is_last or step % exp.checkpoint_every_steps == 0:
         _check_finite(step_metrics, step, manager)  # never save a state after a bad update
         checkpointing.save(manager, step, state, config)
       if preempted:
@@ -301,8 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         result["preempted_at_step"] = float(step)
         manager.close()
         return result
-      if (config.train.eval_every_steps > 0 and step % config.train.eval_every_steps == 0
-          and not is_last):
+      if exp.eval_every_steps > 0 and step % exp.eval_every_steps == 0 and not is_last:
         eval_metrics = evaluate(eval_fn, state,
                                 input_pipeline.create_eval_iterator(config, mesh))
         writer.write_scalars(step, eval_metrics)

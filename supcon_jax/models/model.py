@@ -36,7 +36,9 @@ class SupConModel(nn.Module):
 
   Attributes:
     encoder: images [N, H, W, C], train -> r [N, D]; takes the name "encoder".
-    head_dims, head_bn, normalize_representation: see heads.ProjectionHead.
+    head_dims, head_bn, head_output_bias, head_init, head_init_std: see heads.ProjectionHead.
+    normalize_representation: L2-normalise r before both heads (the released TF SupCon
+      runs feed the normalised r to the projection and the classification head).
     num_classes: classes of the online probe.
     bn_momentum, bn_epsilon: for the head's BatchNorm.
     dtype: compute dtype of the head; parameters are always float32.
@@ -47,6 +49,9 @@ class SupConModel(nn.Module):
   num_classes: int
   head_dims: Sequence[int] = (2048, 128)
   head_bn: bool = False
+  head_output_bias: bool = True
+  head_init: str = "lecun_normal"
+  head_init_std: float = 0.01
   normalize_representation: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
@@ -56,12 +61,15 @@ class SupConModel(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
     """Returns float32 {"representation": [N, D], "projection": [N, head_dims[-1]] (unit
-    rows), "logits": [N, num_classes]}; only "projection" passes gradients to the encoder,
-    unless classifier_trains_encoder."""
+    rows), "logits": [N, num_classes]}; "representation" is r as both heads see it (unit rows
+    if normalize_representation), so a linear probe on it sees what the classifier sees.
+    Only "projection" passes gradients to the encoder, unless classifier_trains_encoder."""
     r = self.encoder(images, train=train)
+    if self.normalize_representation:
+      r = heads.l2_normalize(r)
     z = heads.ProjectionHead(
-        dims=self.head_dims, batch_norm=self.head_bn,
-        normalize_input=self.normalize_representation, bn_momentum=self.bn_momentum,
+        dims=self.head_dims, batch_norm=self.head_bn, output_bias=self.head_output_bias,
+        init_scheme=self.head_init, init_std=self.head_init_std, bn_momentum=self.bn_momentum,
         bn_epsilon=self.bn_epsilon, dtype=self.dtype, name="projection")(r, train=train)
     logits = heads.ClassifierHead(self.num_classes, train_encoder=self.classifier_trains_encoder,
                                   name="classifier")(r)
@@ -83,6 +91,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   checks.check("config.model.head_dims", config.head_dims,
          len(config.head_dims) >= 1 and all(d >= 1 for d in config.head_dims),
          "one or more positive layer widths")
+  checks.check_choice("config.model.head_init", config.head_init, heads.HEAD_INITS)
+  checks.check("config.model.head_init_std", config.head_init_std, config.head_init_std > 0,
+               "> 0")
   checks.check("config.model.patch_size", config.patch_size, config.patch_size is None or config.patch_size >= 1,
          "None (from the name) or >= 1")
 
@@ -112,6 +123,8 @@ def build_model(config: ml_collections.ConfigDict,
   """
   return SupConModel(encoder=build_encoder(config), num_classes=config.num_classes,
                      head_dims=tuple(config.head_dims), head_bn=config.head_bn,
+                     head_output_bias=config.head_output_bias, head_init=config.head_init,
+                     head_init_std=config.head_init_std,
                      normalize_representation=config.normalize_representation,
                      bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
                      dtype=DTYPES[config.dtype],
