@@ -26,7 +26,10 @@ the README's τ is 0.1 (an earlier README and main_supcon.py's default say 0.07 
 Where we differ from the code: the cosine learning rate changes every step, not once an epoch
 (SupContrast sets the cosine's value at the start of each epoch); bfloat16 compute; the probe's kernel starts at zero
 instead of PyTorch's uniform init (a convex problem); the encoder's convolutions use flax's
-init, not kaiming_normal(fan_out).
+init, not kaiming_normal(fan_out); the crop window comes from the released TF sampler
+(tf.image.sample_distorted_bounding_box: uniform aspect ratio, minimum object coverage 0.1,
+100 attempts, then the central square) with RandomResizedCrop's area and ratio ranges, where
+torchvision draws the ratio log-uniformly, 10 attempts, then a central crop.
 """
 from configs import base
 
@@ -43,6 +46,7 @@ def get_config():
   c.data.crop_area = (0.2, 1.0)
   c.data.crop_aspect_ratio = (3 / 4, 4 / 3)  # RandomResizedCrop's default ratio
   c.data.color_jitter_strength = 0.5  # brightness/contrast/saturation 0.4, hue 0.1, p 0.8
+  c.data.color_jitter_impl = "torchvision"  # SupContrast's transforms.ColorJitter
   c.data.blur = False
 
   c.model.name = "resnet50"

@@ -25,6 +25,12 @@ def get_config():
   c.num_epochs = 700.0
   c.data.augment = "stacked_randaugment"
   c.data.blur = True
+  # augmentation_magnitude 1.0: jitter strength 1.0 (TF's jitter, as every released ImageNet
+  # run), RandAugment's 2 layers at the top of its scale (10 on ours).
+  c.data.color_jitter_impl = "simclr_tf"
+  c.data.color_jitter_strength = 1.0
+  c.data.randaugment_num_ops = 2
+  c.data.randaugment_magnitude = 10
   c.optim.base_lr = 0.2
   c.optim.weight_decay = 1e-4
   c.probe.batch_size = 4096

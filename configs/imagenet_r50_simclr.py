@@ -26,6 +26,7 @@ def get_config():
   c.num_epochs = 100.0
   c.data.augment = "simclr"
   c.data.color_jitter_strength = 1.0
+  c.data.color_jitter_impl = "simclr_tf"  # the released (and SimCLR's) TF jitter
   c.data.blur = True
   c.model.normalize_representation = False
   c.model.head_dims = (2048, 2048, 128)

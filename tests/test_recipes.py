@@ -117,6 +117,13 @@ SUPCON_R200 = {
     "num_epochs": 700.0,  # supcon_imagenet_resnet200.sh:35
     "optim.base_lr": 0.2,  # supcon_imagenet_resnet200.sh:36
     "optim.weight_decay": 1e-4,  # supcon_imagenet_resnet200.sh:34
+    # supcon_imagenet_resnet200.sh:32 augmentation_magnitude=1.0: the jitter strength, and
+    # RandAugment's magnitude on the released [0, 1] scale (10 on ours); 2 layers
+    # (preprocessing.py's stacked RandAugment), with the released (TF) jitter.
+    "data.color_jitter_impl": "simclr_tf",  # configs.sh use_pytorch_color_jitter unset
+    "data.color_jitter_strength": 1.0,
+    "data.randaugment_num_ops": 2,
+    "data.randaugment_magnitude": 10,
 }
 
 CE_R50 = {
@@ -149,6 +156,7 @@ SIMCLR_R50 = {
     "num_epochs": 100.0,  # simclr_imagenet_resnet50.sh:35
     "data.augment": "simclr",  # simclr_imagenet_resnet50.sh:32
     "data.color_jitter_strength": 1.0,  # simclr_imagenet_resnet50.sh:32 magnitude 1.0
+    "data.color_jitter_impl": "simclr_tf",  # configs.sh use_pytorch_color_jitter unset (TF's)
     "data.blur": True,  # configs.sh:61 blur_probability=0.5
     "model.normalize_representation": False,  # configs.sh:90
     "model.head_dims": (2048, 2048, 128),  # configs.sh:93
@@ -191,6 +199,7 @@ SUPCON_CIFAR10 = {
     "data.crop_area": (0.2, 1.0),  # main_supcon.py:133 scale=(0.2, 1.)
     "data.crop_aspect_ratio": (3 / 4, 4 / 3),  # main_supcon.py:133 RandomResizedCrop's default
     "data.color_jitter_strength": 0.5,  # main_supcon.py:136 ColorJitter(0.4, 0.4, 0.4, 0.1)
+    "data.color_jitter_impl": "torchvision",  # main_supcon.py:136 transforms.ColorJitter
     "data.blur": False,  # main_supcon.py:132-141 has no blur
     "model.name": "resnet50",  # main_supcon.py:54 --model default 'resnet50'
     "model.width": 1.0,  # resnet_big.py in_planes = 64
