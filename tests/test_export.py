@@ -136,6 +136,7 @@ def export_random_model(config, images: np.ndarray, fmt: str) -> tuple[dict, dic
   return ours(model, variables, images), files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,stem,head_bn", [
     ("resnet18", "imagenet", True), ("resnet18", "small", False),
     ("resnet50", "imagenet", False), ("resnet50", "small", True)])
@@ -178,6 +179,7 @@ def test_export_to_supcontrast_uses_its_names_and_gives_the_same_outputs():
     assert_close(expected["logits"], fc(torch.from_numpy(representation)).numpy())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pool,patch_size", [("cls", None), ("gap", 8)])
 def test_export_vit_to_timm_gives_the_same_outputs(pool, patch_size):
   config = model_config(name="vit_ti16", pool=pool, patch_size=patch_size)
@@ -332,6 +334,7 @@ def test_unsupported_exports_are_clear_errors(overrides, fmt, match):
     torch_io.check_supported(model_config(**overrides), fmt)
 
 
+@pytest.mark.slow
 def test_export_cli_end_to_end(tmp_path):
   """A checkpoint as training writes it -> `python -m supcon_jax.export` -> torchvision loads
   it with strict=True (by the printed code) and computes our outputs; --no_fc also loads."""
@@ -397,6 +400,7 @@ def test_training_refuses_a_mismatched_checkpoint_before_any_step(fashion_mnist_
   assert not list((workdir / "checkpoints").glob("*"))  # nothing trained, nothing saved
 
 
+@pytest.mark.slow
 def test_linear_eval_starts_from_the_init_checkpoint_when_the_workdir_has_none(
     fashion_mnist_dir, tmp_path):
   config = run_config(fashion_mnist_dir, str(tmp_path / "encoder.pt"))

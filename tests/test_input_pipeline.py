@@ -85,6 +85,7 @@ def test_eval_batches_on_mock_data(mock_tfds, dataset, image_size):
   assert info.num_train_examples == info.num_eval_examples == MOCK_EXAMPLES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", augment.POLICIES)
 def test_every_policy_is_deterministic(mock_tfds, policy):
   config = _config("cifar10", 32, augment=policy)

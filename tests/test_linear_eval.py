@@ -34,6 +34,7 @@ def pretrained(tmp_path_factory, fashion_mnist_dir):
   return supcon, baseline
 
 
+@pytest.mark.slow
 def test_report_has_every_field_and_a_png(fashion_mnist_dir, pretrained, tmp_path):
   supcon, baseline = pretrained
   report = linear_eval.evaluate_checkpoint(tiny_eval_config(fashion_mnist_dir), supcon,
@@ -60,6 +61,7 @@ def test_report_has_every_field_and_a_png(fashion_mnist_dir, pretrained, tmp_pat
   assert matplotlib.image.imread(report["tsne_png"]).ndim == 3
 
 
+@pytest.mark.slow
 def test_no_checkpoint_and_mismatched_config_are_clear_errors(fashion_mnist_dir, pretrained,
                                                               tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
@@ -129,6 +131,7 @@ def test_tsne_plot_can_be_turned_off(tmp_path):
   assert not os.path.exists(path)
 
 
+@pytest.mark.slow
 def test_probe_on_freshly_augmented_views_each_epoch(fashion_mnist_dir, pretrained, tmp_path):
   config = tiny_eval_config(fashion_mnist_dir)
   config.probe.augmented_features = True

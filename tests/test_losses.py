@@ -123,6 +123,7 @@ NEW_INPUT_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("contrast_mode,summation,denominator", MODES)
 def test_label_vectors_cap_and_rank_4_features_match_reference(contrast_mode, summation,
                                                                 denominator):
@@ -207,6 +208,7 @@ def sharded_simclr_loss(mesh, **kwargs):
   return jax.shard_map(loss_fn, mesh=mesh, in_specs=P("data"), out_specs=P())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("contrast_mode,summation,denominator", [
     ("all", "outside", "all"), ("one", "inside", "one_positive"),
     ("all", "inside", "only_negatives")])
@@ -248,6 +250,7 @@ def assert_same_values_and_grads(fns, want_fn, features):
                                err_msg=f"fns[{i}]")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("contrast_mode,summation,denominator", MODES)
 def test_blockwise_equals_dense(contrast_mode, summation, denominator):
   # 10 samples x 2 views: 20 anchors ("all") or 10 ("one"); blocks of 5 divide both, of 3 neither.
@@ -262,6 +265,7 @@ def test_blockwise_equals_dense(contrast_mode, summation, denominator):
         functools.partial(loss, block_size=10**6), features)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("contrast_mode,summation,denominator", [
     ("all", "outside", "all"), ("one", "inside", "one_positive"),
     ("all", "inside", "only_negatives")])
@@ -283,6 +287,7 @@ def test_sharded_blockwise_equals_unsharded_dense(contrast_mode, summation, deno
       lambda f: losses.supcon_loss(f, block_size=10**6, **kwargs), features)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("contrast_mode,summation,denominator", [
     ("all", "outside", "all"), ("one", "inside", "one_positive"),
     ("all", "inside", "only_negatives")])
@@ -333,6 +338,7 @@ def test_bfloat16_input_is_finite_and_close():
   np.testing.assert_allclose(got, losses.supcon_loss(jnp.asarray(features), labels), rtol=2e-2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("contrast_mode,summation,denominator", MODES)
 def test_extreme_inputs_stay_finite(contrast_mode, summation, denominator):
   kwargs = dict(contrast_mode=contrast_mode, summation=summation, denominator=denominator)

@@ -180,6 +180,7 @@ def test_l2_normalize_is_safe_at_zero():
   assert np.all(np.isfinite(grad))
 
 
+@pytest.mark.slow
 def test_classifier_head_passes_no_gradient_to_encoder(tiny):
   model, variables, x = tiny
   labels = jnp.arange(16) % 10
@@ -234,6 +235,7 @@ def test_batch_norm_statistics_span_the_sharded_global_batch(tiny):
   assert not np.allclose(shard_mean, global_mean, atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("state", ["tiny", "tiny_vit"])
 def test_bfloat16_compute_with_float32_params(state, request):
   model, variables, x = request.getfixturevalue(state)

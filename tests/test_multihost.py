@@ -6,6 +6,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 import test_train
 from supcon_jax import input_pipeline, train
@@ -56,6 +57,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_8_devices(fashion_mnist_dir, tmp_path,
                                                          monkeypatch, cpu_env):
   multi = str(tmp_path / "two_processes")

@@ -69,6 +69,7 @@ def assert_trees_close(a, b, **tol):
   jax.tree.map(functools.partial(np.testing.assert_allclose, **tol), a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,views", [("supcon", 2), ("simclr", 2), ("cross_entropy", 1)])
 def test_each_method_trains_evaluates_and_checkpoints(fashion_mnist_dir, tmp_path, method, views):
   config = tiny_config(fashion_mnist_dir, method=method, **{"data.num_views": views})
@@ -97,6 +98,7 @@ def _fixed_batch(config, mesh):
   return input_pipeline.to_global_arrays(batch, mesh)
 
 
+@pytest.mark.slow
 def test_supcon_loss_goes_down_on_a_fixed_batch(fashion_mnist_dir):
   config = tiny_config(fashion_mnist_dir)
   mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -109,6 +111,7 @@ def test_supcon_loss_goes_down_on_a_fixed_batch(fashion_mnist_dir):
   assert losses[-1] < 0.85 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_one_step_on_8_devices_equals_one_step_on_1_device(fashion_mnist_dir):
   config = tiny_config(fashion_mnist_dir)
   results = []
@@ -123,6 +126,7 @@ def test_one_step_on_8_devices_equals_one_step_on_1_device(fashion_mnist_dir):
   assert_trees_close(sharded.batch_stats, single.batch_stats, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fsdp_sharded_state_takes_the_same_step_as_replicated(fashion_mnist_dir):
   """train.shard_params splits parameters and optimizer state over the data axis."""
   mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -143,6 +147,7 @@ def test_fsdp_sharded_state_takes_the_same_step_as_replicated(fashion_mnist_dir)
   assert_trees_close(results[1], results[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_devices,microbatches", [(1, 4), (8, 2)])
 def test_gradient_caching_equals_the_full_batch_update(fashion_mnist_dir, num_devices,
                                                        microbatches):
@@ -186,6 +191,7 @@ train.train_and_evaluate(test_train.tiny_config({data_dir!r}, num_train_steps=6)
 """
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(fashion_mnist_dir, tmp_path, uninterrupted,
                                                       cpu_env):
   workdir = str(tmp_path)
@@ -203,6 +209,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(fashion_mnist_dir, tmp_p
   assert_trees_close(saved_state(workdir, 6), uninterrupted[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_and_resumes(fashion_mnist_dir, tmp_path, monkeypatch, uninterrupted):
   real_iterator = input_pipeline.create_train_iterator
 
@@ -223,6 +230,7 @@ def test_sigterm_saves_exits_and_resumes(fashion_mnist_dir, tmp_path, monkeypatc
   assert_trees_close(saved_state(str(tmp_path), 6), uninterrupted[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     fashion_mnist_dir, tmp_path, monkeypatch):
   real_iterator = input_pipeline.create_train_iterator
@@ -243,6 +251,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
 
 
+@pytest.mark.slow
 def test_resuming_under_a_different_model_names_the_field(fashion_mnist_dir, uninterrupted):
   workdir, _ = uninterrupted
   with pytest.raises(checkpointing.CheckpointMismatchError, match=r"config\.model\.width"):
@@ -302,6 +311,7 @@ def test_every_config_file_is_valid(name):
   models.validate(config.model)
 
 
+@pytest.mark.slow
 def test_command_line_overrides_reach_the_config(tmp_path, cpu_env):
   """A bad override reaches validation and the error names it; nothing is written."""
   env = cpu_env(8)
