@@ -156,10 +156,10 @@ def _child(args) -> None:
   print("RESULT " + json.dumps(result))
 
 
-def _run_case(impl: str, size: int, args) -> dict:
+def run_case(impl: str, size: int, args) -> dict:
   if impl in ("torch_dense", "pml"):
     missing = [m for m in ("torch", "pytorch_metric_learning")[:1 + (impl == "pml")]
-               if not _importable(m)]
+               if not importable(m)]
     if missing:
       return dict(skipped=f"{' and '.join(missing)} not installed (pip install -r "
                   "bench/requirements.txt)")
@@ -179,7 +179,7 @@ def _run_case(impl: str, size: int, args) -> dict:
   return dict(skipped=f"failed (exit {proc.returncode}): {tail[:120]}")
 
 
-def _importable(module: str) -> bool:
+def importable(module: str) -> bool:
   import importlib.util
   return importlib.util.find_spec(module) is not None
 
@@ -189,7 +189,7 @@ def run_all(sizes, impls, args) -> list[dict]:
   rows = []
   for size in sizes:
     for impl in impls:
-      result = _run_case(impl, size, args)
+      result = run_case(impl, size, args)
       rows.append(dict(result, impl=impl, size=size))
       print(f"  {size:>6} {LABELS[impl]:<18} "
             + (result["skipped"] if "skipped" in result else

@@ -101,11 +101,11 @@ RANDAUGMENT_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", 
 # Pixel constants of the released policies at magnitude 10, for 224-pixel images (the
 # AutoAugment/RandAugment constructors' defaults in the same file).
 _AUTOAUGMENT_CONSTS = dict(translate=250.0, cutout=100.0)
-_RANDAUGMENT_CONSTS = dict(translate=100.0, cutout=40.0)
+RANDAUGMENT_CONSTS = dict(translate=100.0, cutout=40.0)
 _REFERENCE_SIDE = 224
 
 
-class _Seeds:
+class Seeds:
   """A stateless stream of seeds: the k-th `next()` is fold_in(seed, k).
 
   The counter advances while the graph is traced, so every draw in the traced graph gets its own
@@ -131,7 +131,7 @@ class _Seeds:
 
 
 # (image [H, W, 3], seeds) -> same shape and dtype.
-_Op = Callable[[tf.Tensor, _Seeds], tf.Tensor]
+_Op = Callable[[tf.Tensor, Seeds], tf.Tensor]
 
 
 def _switch(index: tf.Tensor, branches: Sequence[Callable[[], tf.Tensor]],
@@ -323,12 +323,12 @@ def cutout(image: tf.Tensor, center: tf.Tensor, half_side: int) -> tf.Tensor:
   return tf.where(inside, tf.constant(_FILL, image.dtype), image)
 
 
-def _random_sign(value: float, seeds: _Seeds) -> tf.Tensor:
+def _random_sign(value: float, seeds: Seeds) -> tf.Tensor:
   """value or -value with equal probability, as the released ops negate their magnitudes."""
   return tf.where(seeds.uniform() < 0.5, _float64(value), _float64(-value))
 
 
-def _op(name: str, level: float, consts: dict[str, float]) -> _Op:
+def released_op(name: str, level: float, consts: dict[str, float]) -> _Op:
   """A released AutoAugment/RandAugment op at magnitude `level` in [0, 10] (uint8 images).
 
   `consts` holds the translate and cutout pixel counts at level 10 for 224-pixel images.
@@ -373,12 +373,12 @@ def autoaugment() -> _Op:
   for step in range(2):
     keys = [(name, level) for name, _, level in (sub[step] for sub in POLICY_V0)]
     distinct = sorted(set(keys))
-    ops = [_op(name, level, _AUTOAUGMENT_CONSTS) for name, level in distinct]
+    ops = [released_op(name, level, _AUTOAUGMENT_CONSTS) for name, level in distinct]
     branch = [1 + distinct.index(key) for key in keys]  # Branch 0 skips the step.
     probs = [sub[step][1] for sub in POLICY_V0]
     plans.append((ops, branch, probs))
 
-  def apply(image: tf.Tensor, seeds: _Seeds) -> tf.Tensor:
+  def apply(image: tf.Tensor, seeds: Seeds) -> tf.Tensor:
     sub = seeds.randint(len(POLICY_V0))
     for ops, branch, probs in plans:
       index = tf.where(seeds.uniform() < tf.gather(probs, sub), tf.gather(branch, sub), 0)
@@ -392,9 +392,10 @@ def autoaugment() -> _Op:
 def randaugment(num_ops: int, magnitude: float) -> _Op:
   """The released RandAugment(N=num_ops, M=magnitude) on uint8 images: N times, one of the 16
   ops or the identity, uniformly, at magnitude M."""
-  ops = [_op(name, magnitude, _RANDAUGMENT_CONSTS) for name in ("Identity",) + RANDAUGMENT_OPS]
+  ops = [released_op(name, magnitude, RANDAUGMENT_CONSTS)
+         for name in ("Identity",) + RANDAUGMENT_OPS]
 
-  def apply(image: tf.Tensor, seeds: _Seeds) -> tf.Tensor:
+  def apply(image: tf.Tensor, seeds: Seeds) -> tf.Tensor:
     for _ in range(num_ops):
       image = _switch(seeds.randint(len(ops)),
                       [functools.partial(op, image, seeds) for op in ops], image)
@@ -463,7 +464,7 @@ def color_jitter(strength: float, impl: str) -> _Op:
   if strength <= 0:
     return lambda image, seeds: image
 
-  def apply(image: tf.Tensor, seeds: _Seeds) -> tf.Tensor:
+  def apply(image: tf.Tensor, seeds: Seeds) -> tf.Tensor:
     factors = [seeds.uniform(low, high) for low, high in ranges]
     order = tf.argsort(tf.random.stateless_uniform([len(adjusts)], seeds.next()))
     for slot in range(len(adjusts)):
@@ -480,7 +481,7 @@ def gaussian_blur(image_size: int) -> _Op:
   """SimCLR's blur: sigma uniform in [0.1, 2], kernel about a tenth of the image side."""
   radius = max(1, image_size // 20)
 
-  def apply(image: tf.Tensor, seeds: _Seeds) -> tf.Tensor:
+  def apply(image: tf.Tensor, seeds: Seeds) -> tf.Tensor:
     sigma = seeds.uniform(0.1, 2.0)
     x = tf.range(-radius, radius + 1, dtype=tf.float32)
     kernel = tf.exp(-x**2 / (2 * sigma**2))
@@ -552,7 +553,7 @@ def make_view_fn(data: ml_collections.ConfigDict) -> ViewFn:
       steps.append(_random_apply(gaussian_blur(data.image_size), 0.5))
 
   def view(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    seeds = _Seeds(seed)
+    seeds = Seeds(seed)
     channels = image.shape[-1]
     out = random_resized_crop(image, seeds.next(), data)
     out = tf.image.stateless_random_flip_left_right(out, seeds.next())

@@ -20,7 +20,7 @@ def define_flags() -> None:
                     "full metrics line of every log step.")
 
 
-class _OwnInfoOnly(std_logging.Filter):
+class OwnInfoOnly(std_logging.Filter):
   """Passes warnings and errors from anywhere, INFO and below only from supcon_jax."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
@@ -58,7 +58,7 @@ def setup(verbose: bool) -> None:
   if verbose:
     return
   handler = logging.get_absl_handler()
-  handler.addFilter(_OwnInfoOnly())
+  handler.addFilter(OwnInfoOnly())
   handler.python_handler.setFormatter(_PlainFormatter("%(message)s"))
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()

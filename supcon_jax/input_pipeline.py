@@ -33,7 +33,7 @@ class _Dataset:
   eval_crop_fraction: float = 1.0
 
 
-_DATASETS = types.MappingProxyType({
+DATASETS = types.MappingProxyType({
     "imagenet2012": _Dataset(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                              eval_crop_fraction=224 / 256),
     "cifar10": _Dataset(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
@@ -80,7 +80,7 @@ class DatasetInfo:
 
 def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   name = config.data.dataset
-  checks.check_choice("config.data.dataset", name, sorted(_DATASETS))
+  checks.check_choice("config.data.dataset", name, sorted(DATASETS))
   return tfds.builder(name, data_dir=config.data.data_dir)
 
 
@@ -177,7 +177,7 @@ def _decode(builder: tfds.core.DatasetBuilder, encoded: tf.Tensor) -> tf.Tensor:
 
 def _normalize(config: ml_collections.ConfigDict, images: tf.Tensor) -> tf.Tensor:
   """float32 [..., C] in [0, 1] -> standardised with the dataset's mean and std."""
-  spec = _DATASETS[config.data.dataset]
+  spec = DATASETS[config.data.dataset]
   return (images - tf.constant(spec.mean)) / tf.constant(spec.std)
 
 
@@ -277,7 +277,7 @@ def create_eval_dataset(config: ml_collections.ConfigDict, *, split: str | None 
   parts = [_read(config, builder, process_split(split, p, count)) for p in range(count)]
   sizes = [_size(part) for part in parts]
   padded_size = -(-max(sizes) // batch) * batch
-  size, crop_fraction = config.data.image_size, _DATASETS[config.data.dataset].eval_crop_fraction
+  size, crop_fraction = config.data.image_size, DATASETS[config.data.dataset].eval_crop_fraction
 
   def preprocess(example: dict) -> dict[str, tf.Tensor]:
     image = _decode(builder, example["image"])

@@ -198,7 +198,7 @@ def test_color_jitter_adjustments_equal_torchvision(k):
 def _jitter_samples(impl: str, strength: float, image: np.ndarray, n: int = 400) -> np.ndarray:
   jitter = augment.color_jitter(strength, impl)
   run = tf.function(lambda seeds: tf.map_fn(
-      lambda seed: jitter(tf.constant(image), augment._Seeds(seed)), seeds,
+      lambda seed: jitter(tf.constant(image), augment.Seeds(seed)), seeds,
       fn_output_signature=tf.float32))
   return run(tf.stack([tf.range(n), tf.zeros(n, tf.int32)], axis=1)).numpy()
 
@@ -233,10 +233,10 @@ def test_color_jitter_applies_the_four_adjustments_in_a_random_order():
   jitter = augment.color_jitter(strength, "torchvision")
   seen = set()
   for seed in range(6):
-    seeds = augment._Seeds(tf.constant([seed, 7]))
+    seeds = augment.Seeds(tf.constant([seed, 7]))
     out = jitter(tf.constant(image), seeds).numpy()
-    # Replay the factor draws with the same seed stream: the first four draws of _Seeds.
-    replay = augment._Seeds(tf.constant([seed, 7]))
+    # Replay the factor draws with the same seed stream: the first four draws of Seeds.
+    replay = augment.Seeds(tf.constant([seed, 7]))
     s, h = 0.8 * strength, 0.2 * strength
     factors = [float(replay.uniform(1 - s, 1 + s)) for _ in range(3)] + [
         float(replay.uniform(-h, h))]
@@ -334,13 +334,13 @@ def _level_refs(level: float, side: int, translate: float):
 def test_op_magnitudes_follow_the_released_level_rules(level):
   image = IMAGES["gradient_rgb"]
   for name, refs in _level_refs(level, 32, translate=100.0).items():
-    op = augment._op(name, level, augment._RANDAUGMENT_CONSTS)
-    outs = {op(tf.constant(image), augment._Seeds(tf.constant([s, 0]))).numpy().tobytes()
+    op = augment.released_op(name, level, augment.RANDAUGMENT_CONSTS)
+    outs = {op(tf.constant(image), augment.Seeds(tf.constant([s, 0]))).numpy().tobytes()
             for s in range(8)}
     expected = {_np(ref(_pil(image)), image).tobytes() for ref in refs}
     assert outs == expected, name  # Both signs occur over 8 seeds (2^-7 chance to miss one).
   for name, ref in ENHANCE_OPS.items():
-    op = augment._op(name.capitalize(), level, augment._RANDAUGMENT_CONSTS)
+    op = augment.released_op(name.capitalize(), level, augment.RANDAUGMENT_CONSTS)
     _assert_enhance_close(np.asarray(op(tf.constant(image), None)),
                           _np(ref[1](_pil(image)).enhance(level / 10 * 1.8 + 0.1), image))
 
@@ -373,8 +373,8 @@ def test_crop_windows_respect_coverage_area_and_aspect_ratio():
 @pytest.mark.parametrize("name", ("Identity",) + augment.RANDAUGMENT_OPS)
 def test_each_op_keeps_shape_and_dtype_and_is_a_function_of_the_seed(name):
   image = tf.constant(IMAGES["fmnist_tinted_rgb"])
-  op = augment._op(name, 7, augment._RANDAUGMENT_CONSTS)
-  run = tf.function(lambda seed: op(image, augment._Seeds(seed)))
+  op = augment.released_op(name, 7, augment.RANDAUGMENT_CONSTS)
+  run = tf.function(lambda seed: op(image, augment.Seeds(seed)))
   out = run(tf.constant([3, 4]))
   assert out.shape == image.shape and out.dtype == tf.uint8
   np.testing.assert_array_equal(out, run(tf.constant([3, 4])))
@@ -404,9 +404,9 @@ def test_one_channel_images_are_augmented_like_gray_rgb_ones(policy, impl):
 def test_blur_keeps_constant_images_and_smooths_edges():
   blur = augment.gaussian_blur(image_size=64)
   flat = tf.fill([64, 64, 3], 0.3)
-  np.testing.assert_allclose(blur(flat, augment._Seeds(tf.constant([0, 0]))), flat, atol=1e-6)
+  np.testing.assert_allclose(blur(flat, augment.Seeds(tf.constant([0, 0]))), flat, atol=1e-6)
   stripes = tf.cast(tf.range(64) % 2, tf.float32)[None, :, None] * tf.ones([64, 1, 3])
-  blurred = blur(stripes, augment._Seeds(tf.constant([0, 0])))
+  blurred = blur(stripes, augment.Seeds(tf.constant([0, 0])))
   assert float(tf.math.reduce_std(blurred)) < float(tf.math.reduce_std(stripes))
 
 

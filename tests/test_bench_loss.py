@@ -22,8 +22,8 @@ def test_jax_rows_agree_and_fill_the_table(bench, capsys):
 
 
 def test_torch_rows_are_skipped_with_the_reason_when_torch_is_missing(bench, monkeypatch):
-  monkeypatch.setattr(bench, "_importable", lambda module: False)
+  monkeypatch.setattr(bench, "importable", lambda module: False)
   args = argparse.Namespace(views=2, dim=4, repeats=1, block_size=None, timeout=10)
-  result = bench._run_case("pml", 8, args)
+  result = bench.run_case("pml", 8, args)
   assert "torch and pytorch_metric_learning not installed" in result["skipped"]
   assert "bench/requirements.txt" in result["skipped"]

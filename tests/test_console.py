@@ -23,7 +23,7 @@ def _record(path: str, level: int) -> logging.LogRecord:
 
 
 def test_filter_passes_our_info_and_everyones_warnings():
-  own_info = console._OwnInfoOnly()  # pylint: disable=protected-access
+  own_info = console.OwnInfoOnly()
   ours = os.path.join(REPO, "supcon_jax", "train.py")
   theirs = os.path.join(os.path.dirname(logging.__file__), "orbax", "checkpoint", "manager.py")
   assert own_info.filter(_record(ours, logging.INFO))

@@ -33,7 +33,7 @@ def _first_batches(ds: tf.data.Dataset, n: int) -> list[dict[str, np.ndarray]]:
 
 def _bounds(config) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel values of normalised 0 and 1."""
-  spec = input_pipeline._DATASETS[config.data.dataset]
+  spec = input_pipeline.DATASETS[config.data.dataset]
   mean, std = np.array(spec.mean), np.array(spec.std)
   return -mean / std, (1 - mean) / std
 
@@ -197,7 +197,7 @@ def test_eval_padding_counts_every_example_once(fashion_mnist_dir):
       labels.append(batch["labels"][batch["mask"]])
   assert num_batches == [63, 63]
   # Undo the normalisation and compare with the raw split, as multisets of (image, label).
-  spec = input_pipeline._DATASETS["fashion_mnist"]
+  spec = input_pipeline.DATASETS["fashion_mnist"]
   pixels = np.round((np.concatenate(images)[:, 0] * spec.std[0] + spec.mean[0]) * 255)
   seen = sorted((p.astype(np.uint8).tobytes(), int(l))
                 for p, l in zip(pixels, np.concatenate(labels)))
