@@ -40,6 +40,7 @@ _DATASETS = types.MappingProxyType({
     "cifar100": _Dataset(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
     "fashion_mnist": _Dataset(mean=(0.2860,), std=(0.3530,)),
 })
+DATASETS = tuple(sorted(_DATASETS))
 
 _FASHION_MNIST_FILES = {
     "train_data": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",
@@ -80,7 +81,7 @@ class DatasetInfo:
 
 def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   name = config.data.dataset
-  checks.check_choice("config.data.dataset", name, sorted(_DATASETS))
+  checks.check_choice("config.data.dataset", name, DATASETS)
   return tfds.builder(name, data_dir=config.data.data_dir)
 
 

@@ -27,6 +27,15 @@ def validate(optim_config: ml_collections.ConfigDict, prefix: str) -> None:
   """Raises ValueError naming the first bad choice of `optim_config` (called `prefix`)."""
   checks.check_choice(f"{prefix}.name", optim_config.name, OPTIMIZERS)
   checks.check_choice(f"{prefix}.schedule", optim_config.schedule, SCHEDULES)
+  o = optim_config
+  checks.check_number(f"{prefix}.base_lr", o.base_lr, low=0, low_open=True)
+  for field in ("warmup_epochs", "weight_decay", "grad_clip_norm"):
+    checks.check_number(f"{prefix}.{field}", o[field], low=0)
+  for field in ("momentum", "b1", "b2", "rmsprop_decay"):
+    checks.check_number(f"{prefix}.{field}", o[field], low=0, high=1, high_open=True)
+  for field in ("trust_coefficient", "eps"):
+    checks.check_number(f"{prefix}.{field}", o[field], low=0, low_open=True)
+  checks.check_bool(f"{prefix}.nesterov", o.nesterov)
 
 
 def learning_rate_schedule(optim_config: ml_collections.ConfigDict, batch_size: int,
