@@ -76,6 +76,7 @@ def create_optimizer(optim_config: ml_collections.ConfigDict, schedule: optax.Sc
   else:  # adamw
     tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                      mask=decay_mask)
-  if o.grad_clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
-  return tx
+  # Always a chain of two: clipping adds no state, so turning it on to get past a divergence
+  # keeps the optimizer state's structure and the run can resume from its checkpoint.
+  clip = optax.clip_by_global_norm(o.grad_clip_norm) if o.grad_clip_norm else optax.identity()
+  return optax.chain(clip, tx)
