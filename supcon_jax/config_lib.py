@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 from tensorflow_datasets.image_classification import corruptions as tfds_corruptions
 
 from supcon_jax import augment, checks, input_pipeline, losses, models, optim
@@ -164,3 +166,29 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
   """The run's length: num_train_steps if set, else num_epochs rounded to whole steps."""
   return config.num_train_steps or int(round(config.num_epochs * steps_per_epoch))
 
+
+class _NoneOr(flags.ArgumentParser):
+  """`parser`, except that the word None means None."""
+
+  def __init__(self, parser: flags.ArgumentParser):
+    super().__init__()
+    self._parser = parser
+
+  def parse(self, argument: Any) -> Any:
+    return None if argument is None or argument == "None" else self._parser.parse(argument)
+
+  def flag_type(self) -> str:
+    return self._parser.flag_type()
+
+
+def accept_none_on_command_line() -> None:
+  """Makes `--config.FIELD=None` set FIELD to None for str, int and float fields.
+
+  ml_collections parses an override with the parser of the field's type, so for an optional
+  field (a FieldReference(None, field_type=...)) None became the string 'None' or a parse
+  error. Call it before the flags are parsed (it changes ml_collections' parsers for the whole
+  process: entry points only). A field that must not be None is then refused by `validate`.
+  """
+  for field_type, parser in ((str, flags.ArgumentParser()), (int, flags.IntegerParser()),
+                             (float, flags.FloatParser())):
+    config_flags.register_flag_parser_for_type(field_type, _NoneOr(parser))

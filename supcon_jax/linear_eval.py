@@ -30,8 +30,8 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tensorflow_datasets.image_classification import corruptions as tfds_corruptions
 
-from supcon_jax import checkpointing, distributed, experiment, input_pipeline, losses, metrics
-from supcon_jax import optim, sharding
+from supcon_jax import checkpointing, config_lib, distributed, experiment, input_pipeline, losses
+from supcon_jax import metrics, optim, sharding
 
 
 # --- Pure pieces: probe, kNN, calibration -----------------------------------------------------
@@ -356,6 +356,7 @@ def main(argv):
 if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "The pretraining run's config file.",
                                   lock_config=True)
+  config_lib.accept_none_on_command_line()
   flags.DEFINE_string("workdir", None, "The pretraining run's workdir (holds checkpoints/).")
   flags.DEFINE_string("output_dir", None, "Report directory (default WORKDIR/linear_eval).")
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: latest).")
