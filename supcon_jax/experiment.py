@@ -100,14 +100,13 @@ def interval_steps(train_config: ml_collections.ConfigDict, name: str,
 
 
 def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh) -> Experiment:
-  """Validates `config` and derives data facts, model, optimizer and the state's layout."""
+  """Validates `config` (also against its dataset), then derives data facts, model, optimizer
+  and the state's layout."""
   config_lib.validate(config)
   data = prepared_dataset_info(config)
+  config_lib.validate(config, data)
   steps_per_epoch = data.num_train_examples // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
-                     f"{data.num_train_examples} training examples of {config.data.dataset}.")
-  total_steps = config.num_train_steps or int(round(config.num_epochs * steps_per_epoch))
+  total_steps = config_lib.total_steps(config, steps_per_epoch)
   schedule = optim.learning_rate_schedule(config.optim, config.batch_size, steps_per_epoch,
                                          total_steps)
   tx = optim.create_optimizer(config.optim, schedule)

@@ -384,6 +384,7 @@ def main(argv):
 if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "The pretraining run's config file.",
                                   lock_config=True)
+  config_lib.accept_none_on_command_line()
   flags.DEFINE_string("workdir", None, "The pretraining run's workdir (holds checkpoints/).")
   flags.DEFINE_string("output_dir", None, "Report directory (default WORKDIR/linear_eval).")
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: latest).")

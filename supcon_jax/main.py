@@ -2,7 +2,8 @@
 
   python -m supcon_jax.main --config=configs/fashion_mnist.py --workdir=/tmp/supcon
 
-Every config field can be overridden on the command line, e.g. `--config.batch_size=1024`.
+Every config field can be overridden on the command line, e.g. `--config.batch_size=1024`;
+`--config.data.manual_dir=None` sets an optional field to None.
 On several hosts, run the same command on each: SLURM, Open MPI and Cloud TPU slices are
 detected; elsewhere pass --coordinator_address, --num_processes and --process_id.
 `--verbose` also shows the libraries' INFO logs (orbax, tfds, clu, jax).
@@ -14,10 +15,11 @@ from supcon_jax import console
 
 console.import_tensorflow_quietly()  # before the modules below import it
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from supcon_jax import distributed, train  # noqa: E402
+from supcon_jax import config_lib, distributed, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+config_lib.accept_none_on_command_line()
 flags.DEFINE_string("workdir", None, "Checkpoints and metrics go here; a run resumes from it.")
 flags.mark_flags_as_required(["config", "workdir"])
 distributed.define_flags()

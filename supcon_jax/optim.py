@@ -35,10 +35,19 @@ def decay_mask(params: Any, decay_biases: bool = False, decay_norms: bool = Fals
 
 def validate(optim_config: ml_collections.ConfigDict, prefix: str) -> None:
   """Raises ValueError naming the first bad choice of `optim_config` (called `prefix`)."""
+  checks.check_choice(f"{prefix}.name", optim_config.name, OPTIMIZERS)
+  checks.check_choice(f"{prefix}.schedule", optim_config.schedule, SCHEDULES)
   o = optim_config
-  checks.check_choice(f"{prefix}.name", o.name, OPTIMIZERS)
-  checks.check_choice(f"{prefix}.schedule", o.schedule, SCHEDULES)
-  checks.check(f"{prefix}.warmup_epochs", o.warmup_epochs, o.warmup_epochs >= 0, ">= 0")
+  checks.check_number(f"{prefix}.base_lr", o.base_lr, low=0, low_open=True)
+  for field in ("warmup_epochs", "weight_decay", "grad_clip_norm"):
+    checks.check_number(f"{prefix}.{field}", o[field], low=0)
+  for field in ("momentum", "b1", "b2", "rmsprop_decay"):
+    checks.check_number(f"{prefix}.{field}", o[field], low=0, high=1, high_open=True)
+  for field in ("trust_coefficient", "eps"):
+    checks.check_number(f"{prefix}.{field}", o[field], low=0, low_open=True)
+  for field in ("nesterov", "decay_after_warmup", "decay_biases", "decay_norms"):
+    checks.check_bool(f"{prefix}.{field}", o[field])
+  checks.check_number(f"{prefix}.rmsprop_initial_scale", o.rmsprop_initial_scale, low=0)
   checks.check(f"{prefix}.warmup_init_factor", o.warmup_init_factor,
                0 <= o.warmup_init_factor <= 1, "a fraction of the peak in [0, 1]")
   checks.check(f"{prefix}.end_lr_factor", o.end_lr_factor, 0 <= o.end_lr_factor <= 1,
@@ -111,6 +120,7 @@ def create_optimizer(optim_config: ml_collections.ConfigDict, schedule: optax.Sc
   else:  # adamw
     tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                      mask=mask)
-  if o.grad_clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
-  return tx
+  # Always a chain of two: clipping adds no state, so turning it on to get past a divergence
+  # keeps the optimizer state's structure and the run can resume from its checkpoint.
+  clip = optax.clip_by_global_norm(o.grad_clip_norm) if o.grad_clip_norm else optax.identity()
+  return optax.chain(clip, tx)

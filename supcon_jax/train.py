@@ -23,7 +23,7 @@ from etils import epath
 from jax.sharding import Mesh, PartitionSpec as P
 
 from supcon_jax import checkpointing, console, experiment, input_pipeline, losses, metrics
-from supcon_jax import sharding, torch_io
+from supcon_jax import sharding, torch_io, workdir_lock
 from supcon_jax.experiment import TrainState
 
 
@@ -130,7 +130,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
                config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[TrainState, dict]:
   """One update on a global batch {"images": [B, V, H, W, C], "labels": [B]}.
 
-  A non-finite loss or gradient leaves the state unchanged and sets metrics["finite"] = 0,
+  An update whose loss, gradient or new state (parameters, batch statistics, optimizer state)
+  holds a NaN or Inf is not applied: the state comes back unchanged and metrics["finite"] = 0,
   so the caller can stop before anything bad is saved.
   """
   images, labels = batch["images"], batch["labels"]
@@ -148,15 +149,24 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
 
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   grad_norm = optax.global_norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   candidate = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             batch_stats=new_stats, opt_state=new_opt_state)
+  # A finite loss and gradient can still give an overflowing update (a huge learning rate).
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(
+      (candidate.params, candidate.batch_stats, candidate.opt_state))
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), candidate, state)
   step_metrics = dict(
       loss=loss, **aux, learning_rate=schedule(state.step), grad_norm=grad_norm,
       param_norm=optax.global_norm(state.params), update_norm=optax.global_norm(updates),
       finite=finite.astype(jnp.float32))
   return new_state, step_metrics
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  """bool []: no float leaf of `tree` holds a NaN or Inf."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return functools.reduce(jnp.logical_and, checks, jnp.array(True))
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model) -> dict[str, jax.Array]:
@@ -185,22 +195,33 @@ def evaluate(eval_fn, state: TrainState, batches: Iterable[dict]) -> dict[str, f
               eval_examples=float(totals["count"]))
 
 
-class _SigtermFlag:
-  """Records SIGTERM (single-process preemption) so the loop can save and exit cleanly."""
+class _StopSignals:
+  """Records SIGTERM (preemption) and SIGINT (Ctrl-C) of a single-process run, so the loop can
+  save and exit cleanly; a second signal of either kind, while saving, quits at once."""
+
+  _NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 
   def __init__(self):
     self.received = threading.Event()
-    self._previous = None
+    self._previous: dict[int, Any] = {}
+
+  def _handle(self, signum: int, _) -> None:
+    if self.received.is_set():
+      raise KeyboardInterrupt(f"{self._NAMES[signum]} again: quitting without saving.")
+    self.received.set()
+    logging.warning("%s: saving a checkpoint after this step, then stopping (%s again quits "
+                    "without saving).", self._NAMES[signum], self._NAMES[signum])
 
   def __enter__(self):
-    # With jax.distributed, JAX's preemption service owns SIGTERM and orbax syncs on it.
+    # With jax.distributed, JAX's preemption service owns SIGTERM and orbax syncs on it; a
+    # Ctrl-C reaches each process at a different step, so there it only interrupts.
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.received.set())
+      self._previous = {s: signal.signal(s, self._handle) for s in self._NAMES}
     return self
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def _describe_run(config: ml_collections.ConfigDict, exp: experiment.Experiment, state,
@@ -229,19 +250,30 @@ def _describe_run(config: ml_collections.ConfigDict, exp: experiment.Experiment,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Pretrains (resuming from `workdir` if it holds a checkpoint) and returns final metrics."""
+  """Pretrains (resuming from `workdir` if it holds a checkpoint) and returns final metrics.
+
+  Every config field is checked, also against the dataset, before anything is written; the
+  workdir is then locked for this run (workdir_lock).
+  """
   started = time.time()
   mesh = sharding.create_mesh()
   exp = experiment.build_experiment(config, mesh)
+  with workdir_lock.hold(workdir), checkpointing.create_manager(workdir, config) as manager:
+    return _train(config, workdir, exp, mesh, manager, started)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, exp: experiment.Experiment,
+           mesh: Mesh, manager, started: float) -> dict[str, float]:
+  """The training loop of train_and_evaluate, with the workdir locked and `manager` open."""
   model, tx, schedule, total_steps = exp.model, exp.tx, exp.schedule, exp.total_steps
   state_shardings = exp.state_shardings
-
-  manager = checkpointing.create_manager(workdir, config)
-  if manager.latest_step() is not None:
-    state, start_step = checkpointing.restore(manager, exp.abstract_state(), config)
+  if manager.all_steps():
+    state, start_step = checkpointing.restore(manager, exp.abstract_state(), config,
+                                              resume=True)
+    last_checkpoint: Optional[int] = start_step
   else:
     state = torch_io.init_from_checkpoint(exp.init_state(config.seed), config, state_shardings)
-    start_step = 0
+    start_step, last_checkpoint = 0, None
   _describe_run(config, exp, state, workdir, start_step)
 
   writer = metrics.create_writer(workdir)
@@ -263,21 +295,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_log = (start_step, time.time())
   step = start_step
   result: dict[str, float] = {}
-  with _SigtermFlag() as sigterm, metric_writers.ensure_flushes(writer):
+  with _StopSignals() as stop, metric_writers.ensure_flushes(writer):
     while step < total_steps:
       state, step_metrics = step_fn(state, next(train_iter))
       # Checking the previous update keeps the host one step behind the device, not in sync.
       if pending:
-        _check_finite(pending[-1], step - 1, manager)
+        _check_finite(pending[-1], step, last_checkpoint)
       pending.append(step_metrics)
       step += 1
       for hook in hooks:
         hook(step)
-      preempted = (sigterm.received.is_set() if jax.process_count() == 1
+      preempted = (stop.received.is_set() if jax.process_count() == 1
                    else manager.reached_preemption(step))
       is_last = step == total_steps
       if step % config.train.log_every_steps == 0 or is_last:
-        _check_finite(step_metrics, step, manager)
+        _check_finite(step_metrics, step, last_checkpoint)
         summary = metrics.mean_of(pending)
         del summary["finite"]
         elapsed = max(time.time() - last_log[1], 1e-9)
@@ -292,14 +324,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step == start_step + 1:  # time from here on, so that compilation is not in steps/s
         last_log = (step, time.time())
       if preempted or is_last or step % exp.checkpoint_every_steps == 0:
-        _check_finite(step_metrics, step, manager)  # never save a state after a bad update
+        _check_finite(step_metrics, step, last_checkpoint)  # never save a rejected update
         checkpointing.save(manager, step, state, config)
+        last_checkpoint = step
       if preempted:
         manager.wait_until_finished()
-        logging.warning("Preempted: saved the checkpoint of step %d; rerun the same command "
+        logging.warning("Stopped: saved the checkpoint of step %d; rerun the same command "
                         "to resume.", step)
         result["preempted_at_step"] = float(step)
-        manager.close()
         return result
       if exp.eval_every_steps > 0 and step % exp.eval_every_steps == 0 and not is_last:
         eval_metrics = evaluate(eval_fn, state,
@@ -310,7 +342,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.write_scalars(step, eval_metrics)
     result.update(eval_metrics)
   manager.wait_until_finished()
-  manager.close()
   logging.info("Result: %s after %d steps (%s). Linear evaluation of the frozen encoder: "
                "python -m supcon_jax.linear_eval --config=... --workdir=%s",
                _eval_line(step, eval_metrics), step, console.duration(time.time() - started),
@@ -324,19 +355,23 @@ def _eval_line(step: int, eval_metrics: dict[str, float]) -> str:
           f"{int(eval_metrics['eval_examples'])} eval examples at step {step}")
 
 
-def _check_finite(step_metrics: dict, step: int, manager) -> None:
-  """Stops with a clear message when the update that made `step` saw a NaN or Inf."""
+def _check_finite(step_metrics: dict, step: int, last_checkpoint: Optional[int]) -> None:
+  """Stops with a clear message when the update to `step` was rejected for a NaN or Inf.
+
+  `last_checkpoint` is the newest step saved or resumed from: the trainer saves only states
+  that passed this check, so it holds finite values.
+  """
   if float(jax.device_get(step_metrics["finite"])) == 1.0:
     return
-  manager.wait_until_finished()
-  latest = manager.latest_step()
-  kept = (f"the last good checkpoint (step {latest}) is untouched" if latest is not None
-          else "no checkpoint was written")
+  kept = (f"the last checkpoint, step {last_checkpoint}, holds finite values"
+          if last_checkpoint is not None else "no checkpoint was written")
   raise FloatingPointError(
-      f"Loss or gradient became NaN/Inf in the update to step {step} "
-      f"(loss={float(step_metrics['loss'])}, grad_norm={float(step_metrics['grad_norm'])}); "
-      f"training stopped and {kept}. Lower optim.base_lr, raise loss.temperature, lengthen "
-      "optim.warmup_epochs or set optim.grad_clip_norm, then rerun to resume.")
+      f"NaN/Inf in the update to step {step} (loss={float(step_metrics['loss'])}, "
+      f"grad_norm={float(step_metrics['grad_norm'])}, or in the new parameters, batch "
+      f"statistics or optimizer state): it was not applied, training stopped, and {kept}. "
+      "Set optim.grad_clip_norm or raise loss.temperature and rerun the same command to "
+      "resume from there; a lower optim.base_lr or longer optim.warmup_epochs changes the "
+      "schedule, which a resumed run keeps, so use a new workdir for those.")
 
 
 def flatten_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:

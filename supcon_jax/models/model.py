@@ -83,20 +83,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
   checks.check_choice("config.model.norm", config.norm, resnet.NORMS)
   checks.check_choice("config.model.pool", config.pool, vit.POOLS)
   checks.check_choice("config.model.dtype", config.dtype, tuple(DTYPES))
-  checks.check("config.model.width", config.width, config.width > 0 and int(64 * config.width) > 0,
-         "a multiplier with 64 * width >= 1")
-  checks.check("config.model.bn_momentum", config.bn_momentum, 0 <= config.bn_momentum < 1, "a value in [0, 1)")
-  checks.check("config.model.bn_epsilon", config.bn_epsilon, config.bn_epsilon > 0, "> 0")
-  checks.check("config.model.num_classes", config.num_classes, config.num_classes >= 1, ">= 1")
+  checks.check_number("config.model.width", config.width, low=1 / 64)  # >= 1 channel
+  checks.check_number("config.model.bn_momentum", config.bn_momentum, low=0, high=1,
+                      high_open=True)
+  checks.check_number("config.model.bn_epsilon", config.bn_epsilon, low=0, low_open=True)
+  checks.check_number("config.model.num_classes", config.num_classes, low=1, integer=True)
   checks.check("config.model.head_dims", config.head_dims,
-         len(config.head_dims) >= 1 and all(d >= 1 for d in config.head_dims),
-         "one or more positive layer widths")
+               isinstance(config.head_dims, (tuple, list)) and len(config.head_dims) >= 1
+               and all(isinstance(d, int) and d >= 1 for d in config.head_dims),
+               "one or more positive layer widths")
+  checks.check_number("config.model.patch_size", config.patch_size, low=1, integer=True,
+                      optional=True)
+  for field in ("zero_init_last_bn", "head_bn", "normalize_representation", "head_output_bias"):
+    checks.check_bool(f"config.model.{field}", config[field])
   checks.check_choice("config.model.head_init", config.head_init, heads.HEAD_INITS)
   checks.check("config.model.head_init_std", config.head_init_std, config.head_init_std > 0,
                "> 0")
-  checks.check("config.model.patch_size", config.patch_size, config.patch_size is None or config.patch_size >= 1,
-         "None (from the name) or >= 1")
-
 
 def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
   """The encoder named by config.name (config is config.model), validated first."""
