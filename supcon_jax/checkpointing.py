@@ -41,18 +41,24 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
+# What orbax forces on a read-only manager anyway, given up front so that it does not warn.
+READ_ONLY_OPTIONS = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                                 save_interval_steps=0)
+
+
 def create_manager(workdir: str, config: ml_collections.ConfigDict,
                    read_only: bool = False) -> ocp.CheckpointManager:
-  """Async manager that keeps the last `train.keep_checkpoints`.
+  """Async manager that keeps the last `train.keep_checkpoints` (read_only: keeps everything).
 
   When to save is the trainer's decision (every train.checkpoint_every_{epochs,steps}, at the
   end, on preemption): orbax's own interval logic would also save the first step of every run.
+  A read-only manager gets the options orbax would force on it anyway, so it does not warn.
   """
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.train.keep_checkpoints,
-      enable_async_checkpointing=True,
-      read_only=read_only,
-      create=not read_only)
+  if read_only:
+    options = READ_ONLY_OPTIONS
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
+                                           enable_async_checkpointing=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                item_names=("state", "config"))
 
@@ -119,8 +125,7 @@ def check_compatible(saved_config: dict, config: ml_collections.ConfigDict, path
 def read_saved_config(workdir: str, step: Optional[int] = None) -> dict:
   """The config (as a dict) that the checkpoint at `step` (default latest) was written with."""
   with ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("state", "config"),
-                             options=ocp.CheckpointManagerOptions(read_only=True,
-                                                                  create=False)) as manager:
+                             options=READ_ONLY_OPTIONS) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {checkpoint_dir(workdir)}.")

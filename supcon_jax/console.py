@@ -20,12 +20,20 @@ def define_flags() -> None:
                     "full metrics line of every log step.")
 
 
+# Library warnings that say nothing to act on: orbax's note on every read-only manager (the
+# linear evaluation reads the pretraining run's checkpoints read-only, by design).
+_BENIGN_WARNINGS = ("Given directory is read only",)
+
+
 class OwnInfoOnly(std_logging.Filter):
-  """Passes warnings and errors from anywhere, INFO and below only from supcon_jax."""
+  """Passes warnings and errors from anywhere (but _BENIGN_WARNINGS), INFO and below only from
+  supcon_jax."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
+    if os.path.abspath(record.pathname).startswith(_PACKAGE_DIR):
+      return True
     return (record.levelno >= std_logging.WARNING
-            or os.path.abspath(record.pathname).startswith(_PACKAGE_DIR))
+            and not str(record.msg).startswith(_BENIGN_WARNINGS))
 
 
 class _PlainFormatter(std_logging.Formatter):

@@ -29,7 +29,7 @@ def restore_variables(workdir: str, config: ml_collections.ConfigDict,
   latest), restored onto this process's first device whatever devices wrote it."""
   with ocp.CheckpointManager(
       checkpointing.checkpoint_dir(workdir), item_names=("state", "config"),
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      options=checkpointing.READ_ONLY_OPTIONS,
       item_handlers={"state": ocp.StandardCheckpointHandler(),
                      "config": ocp.JsonCheckpointHandler()}) as manager:
     step = manager.latest_step() if step is None else step

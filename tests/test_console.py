@@ -29,6 +29,9 @@ def test_filter_passes_our_info_and_everyones_warnings():
   assert own_info.filter(_record(ours, logging.INFO))
   assert not own_info.filter(_record(theirs, logging.INFO))
   assert own_info.filter(_record(theirs, logging.WARNING))
+  read_only = logging.LogRecord("absl", logging.WARNING, theirs, 1,
+                                "Given directory is read only=%s", ("/tmp/x",), None)
+  assert not own_info.filter(read_only)  # orbax's note on every read-only manager
 
 
 def test_duration_and_progress_line():
