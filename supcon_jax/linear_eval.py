@@ -182,7 +182,10 @@ def _extract(represent, state, batches) -> tuple[np.ndarray, np.ndarray]:
   return np.concatenate(feats), np.concatenate(labels)
 
 
-def _restore(config, workdir: str, mesh, step: Optional[int]):
+def restore(config: ml_collections.ConfigDict, workdir: str, mesh,
+            step: Optional[int]) -> tuple[experiment.Experiment, experiment.TrainState, int]:
+  """(experiment, frozen state, step) of `workdir`'s checkpoint at `step` (default latest); a
+  workdir without one starts from config.init.checkpoint when that is set (step 0)."""
   exp = experiment.build_experiment(config, mesh)
   with checkpointing.create_manager(workdir, config, read_only=True) as manager:
     if config.init.checkpoint is not None and manager.latest_step() is None:
@@ -192,7 +195,7 @@ def _restore(config, workdir: str, mesh, step: Optional[int]):
   return exp, state, step
 
 
-def _represent_fn(model, key: str = "representation", batch_statistics: bool = False):
+def represent_fn(model, key: str = "representation", batch_statistics: bool = False):
   """Jitted (state, images [N, V, H, W, C]) -> model output `key` of the first view.
 
   BatchNorm uses the running statistics, or with `batch_statistics` those of the batch
@@ -214,8 +217,8 @@ def _baseline(baseline_workdir: str, mesh):
   if config.method != "cross_entropy":
     raise ValueError(f"--baseline_workdir={baseline_workdir} holds a {config.method!r} run; "
                      "mCE needs a cross_entropy baseline (e.g. configs/fashion_mnist_ce.py).")
-  exp, state, _ = _restore(config, baseline_workdir, mesh, None)
-  return config, state, _represent_fn(exp.model, "logits")
+  exp, state, _ = restore(config, baseline_workdir, mesh, None)
+  return config, state, represent_fn(exp.model, "logits")
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -225,8 +228,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   start = time.time()
   output_dir = output_dir or os.path.join(workdir, "linear_eval")
   mesh = sharding.create_mesh()
-  exp, state, step = _restore(config, workdir, mesh, step)
-  represent = _represent_fn(exp.model)
+  exp, state, step = restore(config, workdir, mesh, step)
+  represent = represent_fn(exp.model)
   probe = config.probe
   num_classes = exp.data.num_classes
 
@@ -239,8 +242,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
   epoch_features = None
   if probe.augmented_features:
-    epoch_features = _augmented_epochs(
-        config, mesh, _represent_fn(exp.model, batch_statistics=probe.train_batch_statistics),
+    epoch_features = augmented_epochs(
+        config, mesh, represent_fn(exp.model, batch_statistics=probe.train_batch_statistics),
         state, exp.steps_per_epoch)
   params = fit_linear_probe(train_x, train_y, num_classes, probe_config=probe,
                             seed=config.seed, epoch_features=epoch_features)
@@ -321,7 +324,7 @@ def mean_corruption_error(corruption: dict, names, severities) -> float:
   return float(np.mean(ratios))
 
 
-def _augmented_epochs(config, mesh, represent, state, steps_per_epoch):
+def augmented_epochs(config, mesh, represent, state, steps_per_epoch):
   """Per epoch: features of one freshly augmented view (policy probe.augment, else
   data.augment) of each train example."""
   aug = config.copy_and_resolve_references()

@@ -409,7 +409,7 @@ def test_linear_eval_starts_from_the_init_checkpoint_when_the_workdir_has_none(
   groups = torch_io.to_torch(variables, config.model, "torchvision")
   torch_io.save(torch_io.pack(groups, config.model, "torchvision")["encoder"],
                 config.init.checkpoint)
-  _, state, step = linear_eval._restore(config, str(tmp_path / "empty"), sharding.create_mesh(),
+  _, state, step = linear_eval.restore(config, str(tmp_path / "empty"), sharding.create_mesh(),
                                         None)
   assert step == 0
   for key, value in traverse_util.flatten_dict(variables["batch_stats"]).items():

@@ -578,7 +578,7 @@ def test_probe_sees_the_normalised_representation_the_classifier_sees():
   np.testing.assert_allclose(out["logits"], r @ classifier["kernel"] + classifier["bias"],
                              rtol=1e-5, atol=1e-6)
 
-  probe_input = linear_eval._represent_fn(model)(_state(variables), x[:, None])
+  probe_input = linear_eval.represent_fn(model)(_state(variables), x[:, None])
   np.testing.assert_allclose(probe_input, r, rtol=1e-5, atol=1e-6)
 
 
@@ -600,8 +600,8 @@ def test_probe_training_views_can_use_batch_statistics():
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 1, 4, 4, 3))  # [N, V, H, W, C]
   variables = model.init(jax.random.PRNGKey(1), x[:, 0], train=False)
   state = _state(variables)
-  batch = linear_eval._represent_fn(model, batch_statistics=True)
-  running = linear_eval._represent_fn(model, batch_statistics=False)
+  batch = linear_eval.represent_fn(model, batch_statistics=True)
+  running = linear_eval.represent_fn(model, batch_statistics=False)
   np.testing.assert_allclose(batch(state, 3.0 * x), batch(state, x), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(running(state, 3.0 * x), 3.0 * running(state, x), rtol=1e-4,
                              atol=1e-5)
@@ -623,5 +623,5 @@ def test_probe_trains_on_the_released_views(monkeypatch, module, policy):
 
   monkeypatch.setattr(linear_eval.input_pipeline, "create_train_iterator", record)
   with pytest.raises(Seen) as seen:
-    next(linear_eval._augmented_epochs(module.get_config(), None, None, None, 1))
+    next(linear_eval.augmented_epochs(module.get_config(), None, None, None, 1))
   assert seen.value.args == (policy, 1)
