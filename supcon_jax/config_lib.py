@@ -94,10 +94,14 @@ def _validate_train(config: ml_collections.ConfigDict) -> None:
   for field in ("log_every_steps", "keep_checkpoints"):
     checks.check_number(f"config.train.{field}", train[field], low=1, integer=True)
   for name in ("eval", "checkpoint"):
-    steps, epochs = train[f"{name}_every_steps"], train[f"{name}_every_epochs"]
-    checks.check(f"config.train.{name}_every_epochs", epochs, (steps is None) != (epochs is None),
-                 f"exactly one of it and config.train.{name}_every_steps (now {steps}) to be "
-                 "set; set the other to None")
+    steps, epochs = f"{name}_every_steps", f"{name}_every_epochs"
+    # Names the field set last on top of a default: epochs when both are set, steps when
+    # neither is.
+    field, other = (epochs, steps) if train[epochs] is not None else (steps, epochs)
+    checks.check(f"config.train.{field}", train[field],
+                 (train[steps] is None) != (train[epochs] is None),
+                 f"exactly one of it and config.train.{other} (now {train[other]}) to be set; "
+                 "set the other to None")
   # An evaluation interval <= 0 means "only at the end" (configs/base.py).
   checks.check_number("config.train.eval_every_steps", train.eval_every_steps, integer=True,
                       optional=True)

@@ -1,5 +1,6 @@
 """Optimizers and learning-rate schedules, all built from the config with optax."""
 import functools
+import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -48,22 +49,19 @@ def validate(optim_config: ml_collections.ConfigDict, prefix: str) -> None:
   for field in ("nesterov", "decay_after_warmup", "decay_biases", "decay_norms"):
     checks.check_bool(f"{prefix}.{field}", o[field])
   checks.check_number(f"{prefix}.rmsprop_initial_scale", o.rmsprop_initial_scale, low=0)
-  checks.check(f"{prefix}.warmup_init_factor", o.warmup_init_factor,
-               0 <= o.warmup_init_factor <= 1, "a fraction of the peak in [0, 1]")
-  checks.check(f"{prefix}.end_lr_factor", o.end_lr_factor, 0 <= o.end_lr_factor <= 1,
-               "a fraction of the peak in [0, 1]")
-  if o.schedule in ("exponential", "step"):
-    checks.check(f"{prefix}.decay_rate", o.decay_rate, 0 < o.decay_rate <= 1,
-                 f"a factor in (0, 1] for schedule={o.schedule!r}")
-  if o.schedule == "exponential":
-    checks.check(f"{prefix}.epochs_per_decay", o.epochs_per_decay, o.epochs_per_decay > 0,
-                 "> 0 for schedule='exponential'")
-  if o.schedule == "step":
-    milestones = tuple(o.milestones_epochs)
-    checks.check(f"{prefix}.milestones_epochs", milestones,
-                 len(milestones) > 0 and list(milestones) == sorted(set(milestones))
-                 and milestones[0] > 0,
-                 "increasing positive epochs for schedule='step', e.g. (60, 75, 90)")
+  # Every field is checked whatever the schedule, so that a bad value cannot wait in a config
+  # until someone switches schedules.
+  for field in ("warmup_init_factor", "end_lr_factor"):
+    checks.check_number(f"{prefix}.{field}", o[field], low=0, high=1)
+  checks.check_number(f"{prefix}.decay_rate", o.decay_rate, low=0, high=1, low_open=True)
+  checks.check_number(f"{prefix}.epochs_per_decay", o.epochs_per_decay, low=0, low_open=True)
+  milestones = o.milestones_epochs
+  checks.check(f"{prefix}.milestones_epochs", milestones,
+               isinstance(milestones, (tuple, list)) and len(milestones) > 0
+               and all(isinstance(m, (int, float)) and math.isfinite(m) and m > 0
+                       for m in milestones)
+               and list(milestones) == sorted(set(milestones)),
+               "increasing positive epochs, e.g. (60, 75, 90)")
 
 
 def learning_rate_schedule(optim_config: ml_collections.ConfigDict, batch_size: int,

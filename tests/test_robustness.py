@@ -250,11 +250,22 @@ BAD_VALUES = {
     "probe.knn_k": 0, "probe.knn_temperature": 0.0, "probe.ece_bins": 0,
     "probe.corruptions": ("gaussian_noise", "impulse_noise"), "probe.severities": (0,),
     "probe.corruption_split": "", "probe.tsne_examples": -1,
+    "data.crop_min_object_covered": 1.5, "data.crop_max_attempts": 0,
+    "data.color_jitter_impl": "pil", "init.checkpoint": "", "init.format": "onnx",
+    "loss.positives_cap": -2, "model.head_init": "xavier", "model.head_init_std": 0.0,
+    "model.head_output_bias": None, "train.eval_every_steps": None,
+    # Exactly one of *_every_epochs and *_steps: the tiny config sets the steps.
+    "train.eval_every_epochs": 1.0, "train.checkpoint_every_epochs": 1.0,
+    "probe.augment": "bogus", "probe.init": "ones", "probe.label_smoothing": 1.0,
+    "probe.train_batch_statistics": None,
 }
 OPTIM_BAD_VALUES = {
-    "name": "lamb", "base_lr": -1.0, "warmup_epochs": -1.0, "schedule": "step",
+    "name": "lamb", "base_lr": -1.0, "warmup_epochs": -1.0, "schedule": "linear",
     "weight_decay": -1e-6, "momentum": 1.0, "nesterov": None, "trust_coefficient": 0.0,
     "b1": 1.0, "b2": -0.1, "eps": 0.0, "rmsprop_decay": 1.5, "grad_clip_norm": -1.0,
+    "warmup_init_factor": -0.1, "end_lr_factor": 1.5, "decay_rate": 0.0,
+    "epochs_per_decay": 0.0, "milestones_epochs": (60, 30), "decay_after_warmup": None,
+    "decay_biases": None, "decay_norms": None, "rmsprop_initial_scale": -1.0,
 }
 for _section in ("optim", "probe.optim"):
   BAD_VALUES.update({f"{_section}.{k}": v for k, v in OPTIM_BAD_VALUES.items()})

@@ -97,8 +97,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("zero_init_last_bn", "head_bn", "normalize_representation", "head_output_bias"):
     checks.check_bool(f"config.model.{field}", config[field])
   checks.check_choice("config.model.head_init", config.head_init, heads.HEAD_INITS)
-  checks.check("config.model.head_init_std", config.head_init_std, config.head_init_std > 0,
-               "> 0")
+  checks.check_number("config.model.head_init_std", config.head_init_std, low=0, low_open=True)
 
 def build_encoder(config: ml_collections.ConfigDict) -> nn.Module:
   """The encoder named by config.name (config is config.model), validated first."""
