@@ -5,7 +5,9 @@ for being readable and finite. A damaged checkpoint is reported with its path an
 resuming, the newest intact one is used instead and the damaged one is moved aside, never
 deleted.
 """
+import gc
 import os
+import sys
 from typing import Any, Optional
 
 import jax
@@ -161,6 +163,28 @@ def non_finite_leaves(tree: Any) -> list[str]:
           if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(x)))]
 
 
+def _ignore_closed_event_loop_noise() -> None:
+  """Keeps orbax's abandoned asyncio callbacks quiet after a failed restore.
+
+  When a restore fails, callbacks orbax left on its (then closed) event loop can run when they
+  are garbage-collected and print "Exception ignored ... RuntimeError: Event loop is closed"
+  tracebacks: harmless, and the failure itself is reported in one line. Exactly that exception
+  is dropped; every other one still reaches the previous sys.unraisablehook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "ignores_closed_event_loop", False):
+    return
+
+  def hook(unraisable) -> None:
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.ignores_closed_event_loop = True
+  sys.unraisablehook = hook
+  gc.collect()  # let what the failed restore left behind go now, under the hook
+
+
 def _load(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
           config: ml_collections.ConfigDict, resume: bool) -> Any:
   """The state of `step`; CheckpointDamagedError if unreadable or not finite."""
@@ -169,6 +193,7 @@ def _load(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
     state = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))["state"]
   except Exception as e:  # pylint: disable=broad-except
+    _ignore_closed_event_loop_noise()
     raise CheckpointDamagedError(f"{_step_path(manager, step)}: its arrays cannot be read "
                                  f"({_reason(e)})") from None
   bad = non_finite_leaves(state)
