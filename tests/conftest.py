@@ -16,10 +16,15 @@ def _xla_flags(devices: int) -> str:
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _xla_flags(8)).strip()
 # Many tests (and their subprocesses, which inherit the environment) compile the same tiny
 # train step in separate jit objects: jax's persistent cache, keyed by the computation, compiles
-# each once per test session (a third less CPU time for tests/test_train.py's end-to-end runs).
-# A new directory each session, so a run never reuses another's executables.
-_XLA_CACHE = tempfile.mkdtemp(prefix="supcon_jax_tests_xla_cache_")
-atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+# each once per test run (a third less CPU time for tests/test_train.py's end-to-end runs). One
+# directory per run, shared by pytest-xdist's workers (children of the run's main process, which
+# removes it at exit), so a run never reuses another's executables.
+_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+_XLA_CACHE = os.path.join(tempfile.gettempdir(), "supcon_jax_tests_xla_cache_"
+                          f"{os.getppid() if _WORKER else os.getpid()}")
+os.makedirs(_XLA_CACHE, exist_ok=True)
+if not _WORKER:
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
