@@ -1,12 +1,13 @@
 """Checks a config before anything runs or is written, naming the field and the fix.
 
 `validate(config)` checks every field of configs/base.py (types, ranges, choices, NaN/Inf, and
-the fields that constrain each other); `validate(config, data)` adds the checks that need the
-dataset's facts (class count, split size). The trainer runs both before it creates a file.
+the fields that constrain each other); `validate_for_dataset(config, data)` adds the checks
+that need the dataset's facts (class count, split size). The trainer runs both before it
+creates a file.
 """
 import inspect
 import math
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import ml_collections
@@ -150,13 +151,8 @@ def validate_probe(probe: ml_collections.ConfigDict) -> None:
   checks.check_number("config.probe.tsne_examples", probe.tsne_examples, low=0, integer=True)
 
 
-def validate(config: ml_collections.ConfigDict,
-             data: Optional[input_pipeline.DatasetInfo] = None) -> None:
-  """Raises ValueError for the first bad value of any field of `config`.
-
-  With `data` (the facts of config.data.dataset), also checks what depends on the dataset:
-  the class count and that the run takes at least one step.
-  """
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for the first bad value of any field of `config`."""
   checks.check_choice("config.method", config.method, METHODS)
   # int32 seeds: tf.data folds the seed into its stateless random keys.
   checks.check_number("config.seed", config.seed, low=0, high=2**31 - 1, integer=True)
@@ -180,12 +176,12 @@ def validate(config: ml_collections.ConfigDict,
   _validate_train(config)
   validate_probe(config.probe)
   _validate_init(config.init)
-  if data is not None:
-    _validate_for_dataset(config, data)
 
 
-def _validate_for_dataset(config: ml_collections.ConfigDict,
-                          data: input_pipeline.DatasetInfo) -> None:
+def validate_for_dataset(config: ml_collections.ConfigDict,
+                         data: input_pipeline.DatasetInfo) -> None:
+  """Raises ValueError for what depends on config.data.dataset's facts `data`: the class
+  count, a batch no larger than the split, and a run of at least one step."""
   dataset = config.data.dataset
   checks.check("config.model.num_classes", config.model.num_classes,
                config.model.num_classes == data.num_classes,

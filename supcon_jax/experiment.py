@@ -104,7 +104,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh) -> Experimen
   and the state's layout."""
   config_lib.validate(config)
   data = prepared_dataset_info(config)
-  config_lib.validate(config, data)
+  config_lib.validate_for_dataset(config, data)
   steps_per_epoch = data.num_train_examples // config.batch_size
   total_steps = config_lib.total_steps(config, steps_per_epoch)
   schedule = optim.learning_rate_schedule(config.optim, config.batch_size, steps_per_epoch,
