@@ -32,20 +32,18 @@ def restore_variables(workdir: str, config: ml_collections.ConfigDict,
       options=checkpointing.READ_ONLY_OPTIONS,
       item_handlers={"state": ocp.StandardCheckpointHandler(),
                      "config": ocp.JsonCheckpointHandler()}) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-      raise FileNotFoundError(
-          f"No checkpoint{'' if step is None else f' for step {step}'} in "
-          f"{manager.directory} (saved steps: {sorted(manager.all_steps())}). Pass the "
-          "pretraining run's --workdir and one of its steps.")
-    saved_config = manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))["config"]
-    checkpointing.check_compatible(saved_config, config, str(manager.directory))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                            manager.item_metadata(step)["state"].tree)
-    state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))["state"]
+    # The layout of the saved arrays (the same in every step), placed on one device; without
+    # any checkpoint, checkpointing.restore says so.
+    newest = manager.latest_step() if step is None else step
+    abstract = None
+    if newest in manager.all_steps():
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      abstract = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+          manager.item_metadata(newest)["state"].tree)
+    # As linear_eval restores: config checked by field, unreadable or non-finite checkpoints
+    # reported, and without `step` the newest intact one.
+    state, step = checkpointing.restore(manager, abstract, config, step)
   return {k: jax.tree.map(np.asarray, state[k]) for k in ("params", "batch_stats")}, step
 
 
