@@ -149,6 +149,13 @@ def validate_probe(probe: ml_collections.ConfigDict) -> None:
                "a tuple of ImageNet-C severities, each 1 to 5")
   _check_text("config.probe.corruption_split", probe.corruption_split)
   checks.check_number("config.probe.tsne_examples", probe.tsne_examples, low=0, integer=True)
+  checks.check_bool("config.probe.raw_pixel_baseline", probe.raw_pixel_baseline)
+  checks.check("config.probe.reference_top1", probe.reference_top1,
+               isinstance(probe.reference_top1, (tuple, list))
+               and all(isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str)
+                       and isinstance(r[1], (int, float)) and 0 <= r[1] <= 1
+                       for r in probe.reference_top1),
+               "a tuple of (label, top-1 in [0, 1]) pairs")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -265,6 +265,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                "%.2f%%.", probe.epochs, 100 * report["linear_top1"],
                100 * report["linear_train_top1"], 100 * report["knn_top1"])
 
+  if probe.raw_pixel_baseline:
+    report["raw_pixel_linear_top1"] = raw_pixel_top1(config, mesh, num_classes)
+    logging.info("Linear probe on raw pixels (same protocol): test top-1 %.2f%%.",
+                 100 * report["raw_pixel_linear_top1"])
+
   baseline = _baseline(baseline_workdir, mesh) if baseline_workdir else None
   corruption = {}
   for name in probe.corruptions:
@@ -310,7 +315,38 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                 if corruption else ""),
                f"; mCE {report['mCE']:.3f}" if "mCE" in report else "",
                os.path.join(output_dir, "report.json"), console.duration(report["wall_seconds"]))
+  comparison = comparison_line(report, probe.reference_top1)
+  if comparison:
+    logging.info("%s", comparison)
   return report
+
+
+def comparison_line(report: dict[str, Any], references) -> str:
+  """The figures to read the result against: this run's raw-pixel probe, if any, and the
+  config's quoted references ((label, top-1) pairs, e.g. the README's cross-entropy run)."""
+  parts = [f"{label} {100 * top1:.1f}%" for label, top1 in references]
+  if "raw_pixel_linear_top1" in report:
+    parts.insert(0, f"linear probe on raw pixels (this run) "
+                    f"{100 * report['raw_pixel_linear_top1']:.1f}%")
+  return f"Compare: {'; '.join(parts)}." if parts else ""
+
+
+_pixels = jax.jit(lambda state, images: images[:, 0].reshape(images.shape[0], -1))
+
+
+def raw_pixel_top1(config: ml_collections.ConfigDict, mesh, num_classes: int) -> float:
+  """Test top-1 of config.probe's linear probe fitted on the eval-preprocessed pixels of the
+  train split, each pixel standardised with its train mean and deviation: the floor that a
+  learned representation has to beat."""
+  train_x, train_y = _extract(_pixels, None, input_pipeline.create_eval_iterator(
+      config, mesh, split=config.data.train_split))
+  test_x, test_y = _extract(_pixels, None, input_pipeline.create_eval_iterator(config, mesh))
+  mean, std = train_x.mean(axis=0), train_x.std(axis=0)
+  std = np.where(std > 0, std, 1.0)  # constant pixels: centred to 0 either way
+  params = fit_linear_probe((train_x - mean) / std, train_y, num_classes,
+                            probe_config=config.probe, seed=config.seed)
+  logits = (test_x - mean) / std @ np.asarray(params["kernel"]) + np.asarray(params["bias"])
+  return accuracies(logits, test_y)["top1"]
 
 
 def mean_corruption_error(corruption: dict, names, severities) -> float:

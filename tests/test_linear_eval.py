@@ -7,7 +7,7 @@ import pytest
 
 import test_train
 from configs import base
-from supcon_jax import checkpointing, linear_eval, train
+from supcon_jax import checkpointing, linear_eval, sharding, train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -37,10 +37,12 @@ def pretrained(tmp_path_factory, fashion_mnist_dir):
 @pytest.mark.slow
 def test_report_has_every_field_and_a_png(fashion_mnist_dir, pretrained, tmp_path):
   supcon, baseline = pretrained
-  report = linear_eval.evaluate_checkpoint(tiny_eval_config(fashion_mnist_dir), supcon,
-                                           str(tmp_path), baseline_workdir=baseline)
+  config = tiny_eval_config(fashion_mnist_dir)
+  config.probe.raw_pixel_baseline = True
+  report = linear_eval.evaluate_checkpoint(config, supcon, str(tmp_path),
+                                           baseline_workdir=baseline)
   for key in ("linear_top1", "linear_top5", "linear_train_top1", "knn_top1",
-              "corruption_mean_top1"):
+              "corruption_mean_top1", "raw_pixel_linear_top1"):
     assert 0.0 <= report[key] <= 1.0, key
   assert report["test_examples"] == test_train.EVAL_EXAMPLES
   # Per-class accuracy is reported under tfds' class names, not indices.
@@ -70,6 +72,37 @@ def test_no_checkpoint_and_mismatched_config_are_clear_errors(fashion_mnist_dir,
   config.model.head_dims = (32, 8)
   with pytest.raises(checkpointing.CheckpointMismatchError, match=r"config\.model\.head_dims"):
     linear_eval.evaluate_checkpoint(config, pretrained[0])
+
+
+@pytest.mark.slow
+def test_raw_pixel_baseline_is_the_probe_on_standardised_pixels(fashion_mnist_dir):
+  import tensorflow_datasets as tfds
+  config = tiny_eval_config(fashion_mnist_dir)
+  config.data.image_size = 28  # the eval crop is then the image itself
+  top1 = linear_eval.raw_pixel_top1(config, sharding.create_mesh(), 10)
+  # Independent path: tfds' arrays straight from disk.
+  def load(split):
+    images, labels = tfds.as_numpy(tfds.load("fashion_mnist", split=split, batch_size=-1,
+                                             as_supervised=True, data_dir=fashion_mnist_dir))
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0, labels
+  (train_x, train_y), (test_x, test_y) = load("train[:64]"), load("test[:40]")
+  mean, std = train_x.mean(0), train_x.std(0)
+  std[std == 0] = 1.0
+  params = linear_eval.fit_linear_probe((train_x - mean) / std, train_y, 10,
+                                        probe_config=config.probe)
+  expected = float(np.mean(((test_x - mean) / std @ np.asarray(params["kernel"])
+                            + np.asarray(params["bias"])).argmax(1) == test_y))
+  assert top1 == pytest.approx(expected, abs=1 / 40 + 1e-9)
+  assert top1 > 0.4  # 64 examples of 10 classes: well above chance (0.1)
+
+
+def test_comparison_line_names_each_reference():
+  line = linear_eval.comparison_line(
+      {"linear_top1": 0.9, "raw_pixel_linear_top1": 0.8412},
+      (("cross-entropy, same budget (README)", 0.9034),))
+  assert line == ("Compare: linear probe on raw pixels (this run) 84.1%; "
+                  "cross-entropy, same budget (README) 90.3%.")
+  assert linear_eval.comparison_line({"linear_top1": 0.9}, ()) == ""
 
 
 def separable(n=600, dim=16, classes=4, seed=0):

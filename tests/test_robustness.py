@@ -257,7 +257,8 @@ BAD_VALUES = {
     # Exactly one of *_every_epochs and *_steps: the tiny config sets the steps.
     "train.eval_every_epochs": 1.0, "train.checkpoint_every_epochs": 1.0,
     "probe.augment": "bogus", "probe.init": "ones", "probe.label_smoothing": 1.0,
-    "probe.train_batch_statistics": None,
+    "probe.train_batch_statistics": None, "probe.raw_pixel_baseline": None,
+    "probe.reference_top1": (("cross-entropy", 91.0),),
 }
 OPTIM_BAD_VALUES = {
     "name": "lamb", "base_lr": -1.0, "warmup_epochs": -1.0, "schedule": "linear",
