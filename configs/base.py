@@ -200,6 +200,10 @@ def get_config() -> ml_collections.ConfigDict:
   # released TF stage 2; running statistics stay as trained) instead of the running ones.
   c.probe.train_batch_statistics = False
   c.probe.label_smoothing = 0.0
+  # Standardise each feature with its mean and deviation over the train split before the
+  # classifier (a BatchNorm without scale and bias, as MAE's linear probing; the released
+  # protocols do not).
+  c.probe.standardize = False
   # Initial probe kernel: zeros | glorot_uniform (the released TF SupCon classifier). The
   # bias starts at zero.
   c.probe.init = "zeros"
@@ -221,8 +225,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.probe.severities = (1, 2, 3, 4, 5)
   c.probe.corruption_split = "test[:2000]"
   c.probe.tsne_examples = 2000
-  # Also fit the same probe on the standardised raw pixels (a floor for the encoder; cheap for
-  # 28-32 px images, 150k features at ImageNet's 224 px).
+  # Also fit the same probe on the eval-preprocessed raw pixels (a floor for the encoder;
+  # cheap for 28-32 px images, 150k features at ImageNet's 224 px).
   c.probe.raw_pixel_baseline = False
   # (label, top-1 in [0, 1]) pairs printed after the result for comparison, e.g. the README's
   # measured cross-entropy run with the same budget.

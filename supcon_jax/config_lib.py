@@ -150,6 +150,7 @@ def validate_probe(probe: ml_collections.ConfigDict) -> None:
   _check_text("config.probe.corruption_split", probe.corruption_split)
   checks.check_number("config.probe.tsne_examples", probe.tsne_examples, low=0, integer=True)
   checks.check_bool("config.probe.raw_pixel_baseline", probe.raw_pixel_baseline)
+  checks.check_bool("config.probe.standardize", probe.standardize)
   checks.check("config.probe.reference_top1", probe.reference_top1,
                isinstance(probe.reference_top1, (tuple, list))
                and all(isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str)

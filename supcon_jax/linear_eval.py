@@ -51,7 +51,9 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int,
 
   features [N, D], labels [N]. With `epoch_features`, epoch e trains on its e-th
   (features, labels) instead (the paper's freshly augmented views per epoch). The optimizer,
-  schedule, label smoothing and initial kernel come from `probe_config` (config.probe).
+  schedule, label smoothing and initial kernel come from `probe_config` (config.probe). With
+  probe_config.standardize, the classifier sees each feature minus its mean over `features`,
+  divided by its deviation; the returned kernel and bias apply to the raw features.
   """
   config_lib.validate_probe(probe_config)
   batch = min(probe_config.batch_size, len(features))
@@ -64,9 +66,14 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int,
             if probe_config.init == "glorot_uniform" else jnp.zeros(kernel_shape))
   params = {"kernel": kernel, "bias": jnp.zeros((num_classes,))}
   opt_state = tx.init(params)
+  mean, scale = np.zeros(features.shape[1], np.float32), np.ones(features.shape[1], np.float32)
+  if probe_config.standardize:
+    mean, std = features.mean(axis=0), features.std(axis=0)
+    scale = np.where(std > 0, std, 1.0).astype(np.float32)  # constant features: centred to 0
 
   @jax.jit
   def step(params, opt_state, x, y):
+    x = (x - mean) / scale
     loss_fn = lambda p: losses.cross_entropy_loss(
         x @ p["kernel"] + p["bias"], y, label_smoothing=probe_config.label_smoothing)
     grads = jax.grad(loss_fn)(params)
@@ -81,7 +88,9 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int,
     for i in range(steps_per_epoch):
       idx = order[i * batch:(i + 1) * batch]
       params, opt_state = step(params, opt_state, x_all[idx], y_all[idx])
-  return params
+  # (x - m) / s W + b = x (W / s) + (b - (m / s) W).
+  return {"kernel": params["kernel"] / scale[:, None],
+          "bias": params["bias"] - (mean / scale) @ params["kernel"]}
 
 
 def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
@@ -336,16 +345,13 @@ _pixels = jax.jit(lambda state, images: images[:, 0].reshape(images.shape[0], -1
 
 def raw_pixel_top1(config: ml_collections.ConfigDict, mesh, num_classes: int) -> float:
   """Test top-1 of config.probe's linear probe fitted on the eval-preprocessed pixels of the
-  train split, each pixel standardised with its train mean and deviation: the floor that a
-  learned representation has to beat."""
+  train split: the floor that a learned representation has to beat."""
   train_x, train_y = _extract(_pixels, None, input_pipeline.create_eval_iterator(
       config, mesh, split=config.data.train_split))
   test_x, test_y = _extract(_pixels, None, input_pipeline.create_eval_iterator(config, mesh))
-  mean, std = train_x.mean(axis=0), train_x.std(axis=0)
-  std = np.where(std > 0, std, 1.0)  # constant pixels: centred to 0 either way
-  params = fit_linear_probe((train_x - mean) / std, train_y, num_classes,
-                            probe_config=config.probe, seed=config.seed)
-  logits = (test_x - mean) / std @ np.asarray(params["kernel"]) + np.asarray(params["bias"])
+  params = fit_linear_probe(train_x, train_y, num_classes, probe_config=config.probe,
+                            seed=config.seed)
+  logits = test_x @ np.asarray(params["kernel"]) + np.asarray(params["bias"])
   return accuracies(logits, test_y)["top1"]
 
 

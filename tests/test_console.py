@@ -69,3 +69,20 @@ def test_default_run_prints_a_short_readable_console(fashion_mnist_dir, tmp_path
   assert "encoder/" in (workdir / "parameters.txt").read_text()
   steps = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
   assert steps == [2, 4]  # the interval and the end, not step 1
+
+  # README command 1's second half: the linear evaluation ends on its figure and the
+  # figures to read it against.
+  proc = subprocess.run(
+      [sys.executable, "-m", "supcon_jax.linear_eval", "--config=configs/fashion_mnist.py",
+       f"--workdir={workdir}", f"--config.data.data_dir={fashion_mnist_dir}",
+       "--config.optim.base_lr=0.7", *TINY_FLAGS, "--config.probe.epochs=2",
+       "--config.probe.corruptions=('contrast',)", "--config.probe.corruption_split=test[:16]",
+       "--config.probe.tsne_examples=0"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = (proc.stdout + proc.stderr).strip().splitlines()
+  assert len(lines) <= 12, "\n".join(lines)
+  assert "orbax" not in "\n".join(lines)
+  assert lines[-2].startswith("Result: linear probe top-1 ")
+  assert lines[-1].startswith("Compare: linear probe on raw pixels (this run) ")
+  assert "cross-entropy encoder, same budget (README)" in lines[-1]

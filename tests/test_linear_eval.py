@@ -79,6 +79,7 @@ def test_raw_pixel_baseline_is_the_probe_on_standardised_pixels(fashion_mnist_di
   import tensorflow_datasets as tfds
   config = tiny_eval_config(fashion_mnist_dir)
   config.data.image_size = 28  # the eval crop is then the image itself
+  config.probe.standardize = True
   top1 = linear_eval.raw_pixel_top1(config, sharding.create_mesh(), 10)
   # Independent path: tfds' arrays straight from disk.
   def load(split):
@@ -88,12 +89,31 @@ def test_raw_pixel_baseline_is_the_probe_on_standardised_pixels(fashion_mnist_di
   (train_x, train_y), (test_x, test_y) = load("train[:64]"), load("test[:40]")
   mean, std = train_x.mean(0), train_x.std(0)
   std[std == 0] = 1.0
+  config.probe.standardize = False  # done by hand here
   params = linear_eval.fit_linear_probe((train_x - mean) / std, train_y, 10,
                                         probe_config=config.probe)
   expected = float(np.mean(((test_x - mean) / std @ np.asarray(params["kernel"])
                             + np.asarray(params["bias"])).argmax(1) == test_y))
   assert top1 == pytest.approx(expected, abs=1 / 40 + 1e-9)
   assert top1 > 0.4  # 64 examples of 10 classes: well above chance (0.1)
+
+
+def test_standardised_probe_ignores_feature_scale_and_returns_raw_feature_params():
+  x, y = separable()
+  x[:, 0] = 1000.0 * x[:, 0] + 50.0  # one feature on a wildly different scale
+  x[:, 5] = 3.0  # and a constant one
+  config = base.get_config().probe
+  config.standardize = True
+  params = linear_eval.fit_linear_probe(x, y, 4, probe_config=config)
+  mean, std = x.mean(0), x.std(0)
+  std[std == 0] = 1.0
+  config.standardize = False
+  by_hand = linear_eval.fit_linear_probe((x - mean) / std, y, 4, probe_config=config)
+  np.testing.assert_allclose(x @ np.asarray(params["kernel"]) + np.asarray(params["bias"]),
+                             (x - mean) / std @ np.asarray(by_hand["kernel"])
+                             + np.asarray(by_hand["bias"]), rtol=1e-4, atol=1e-3)
+  logits = x @ np.asarray(params["kernel"]) + np.asarray(params["bias"])
+  assert np.mean(logits.argmax(1) == y) > 0.95
 
 
 def test_comparison_line_names_each_reference():

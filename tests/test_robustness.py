@@ -258,6 +258,7 @@ BAD_VALUES = {
     "train.eval_every_epochs": 1.0, "train.checkpoint_every_epochs": 1.0,
     "probe.augment": "bogus", "probe.init": "ones", "probe.label_smoothing": 1.0,
     "probe.train_batch_statistics": None, "probe.raw_pixel_baseline": None,
+    "probe.standardize": None,
     "probe.reference_top1": (("cross-entropy", 91.0),),
 }
 OPTIM_BAD_VALUES = {
