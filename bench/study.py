@@ -12,10 +12,11 @@ included). --split=validation trains on the first 50,000 training images and sco
 last 10,000 (and their first 1,000 for the corruptions): the split hyperparameters are chosen
 on. --split=test trains on all 60,000 and scores on the test set, once per final config.
 
-Writes OUTPUT/results.json (every run's figures, the commands, the machine) and
-OUTPUT/study.png (linear-probe top-1 against epochs and against wall-clock, ECE, and mean top-1
-under corruptions). A run already in results.json is not run again, so an interrupted study
-resumes where it stopped; an unfinished run starts over.
+Writes OUTPUT/results.json (every run's figures and commands, the study's commands, the
+machine) and OUTPUT/study.png (linear-probe top-1 against epochs and against wall-clock, ECE,
+and mean top-1 under corruptions). A run already in results.json is not run again, so an interrupted study
+resumes where it stopped (an unfinished run starts over), and a later invocation with other
+--methods or --epochs adds its runs to the same results and plot.
 """
 import json
 import os
@@ -142,7 +143,7 @@ def main(argv):
   epochs = [float(e) for e in FLAGS.epochs]
   os.makedirs(FLAGS.output, exist_ok=True)
   results_path = os.path.join(FLAGS.output, "results.json")
-  previous = {}
+  previous, previous_commands = {}, []
   if os.path.exists(results_path):
     with open(results_path) as f:
       saved = json.load(f)
@@ -152,21 +153,25 @@ def main(argv):
           f"{saved['overrides']}, not --split={FLAGS.split} and {FLAGS.override}: use another "
           "--output, or delete it to start over.")
     previous = {(r["method"], r["epochs"]): r for r in saved["runs"]}
-  runs = []
+    previous_commands = saved["commands"]
+  runs = dict(previous)  # earlier invocations' runs stay in results.json and the plot
+  command = " ".join(["python -m bench.study"] + sys.argv[1:])
+  commands = previous_commands + ([command] if command not in previous_commands else [])
   for method in FLAGS.methods:
     for e in epochs:
       workdir = os.path.join(FLAGS.output, "runs", f"{method}_{e:g}ep")
-      done = previous.get((method, e)) or run_one(method, e, FLAGS.split, FLAGS.override,
-                                                  workdir)
-      runs.append(done)
+      if (method, e) not in runs:
+        runs[method, e] = run_one(method, e, FLAGS.split, FLAGS.override, workdir)
+      done = runs[method, e]
       print(f"[{method}, {e:g} epoch(s)] linear top-1 {100 * done['linear_top1']:.2f}%, kNN "
             f"{100 * done['knn_top1']:.2f}%, ECE {done['ece']:.3f}, pretraining "
             f"{done['pretrain_seconds']:.0f} s, evaluation {done['eval_seconds']:.0f} s",
             flush=True)
       with open(results_path, "w") as f:
         json.dump({"split": FLAGS.split, "overrides": FLAGS.override, "machine": machine(),
-                   "command": " ".join(["python -m bench.study"] + sys.argv[1:]),
-                   "runs": runs}, f, indent=2)
+                   "commands": commands, "runs": list(runs.values())},
+                  f, indent=2)
+  runs = list(runs.values())
   plot(runs, os.path.join(FLAGS.output, "study.png"))
   print(f"Wrote {results_path} and {os.path.join(FLAGS.output, 'study.png')}.")
 

@@ -60,6 +60,7 @@ def test_a_tiny_study_end_to_end_then_resumes_without_rerunning(fashion_mnist_di
     assert run["pretrain_seconds"] > 0 and run["test_examples"] == 128
     assert "--config.data.eval_split=test[:128]" in run["commands"]["linear_eval"]
   assert results["machine"]["cpu_count"] >= 1
+  assert results["commands"] == [" ".join(["python -m bench.study"] + command[3:])]
   assert (tmp_path / "study.png").read_bytes()[:8] == PNG_SIGNATURE
   # Resuming reuses every finished run; other overrides are refused, not mixed in.
   again = subprocess.run(command, cwd=study.REPO, env=cpu_env(1), check=True,
@@ -69,3 +70,12 @@ def test_a_tiny_study_end_to_end_then_resumes_without_rerunning(fashion_mnist_di
   other = subprocess.run(command[:-1], cwd=study.REPO, env=cpu_env(1), capture_output=True,
                          text=True)
   assert other.returncode != 0 and "use another --output" in other.stderr
+
+
+def test_the_default_quotes_the_cross_entropy_figure_the_readme_reports():
+  from configs import fashion_mnist
+  (label, top1), = fashion_mnist.get_config().probe.reference_top1
+  assert "cross-entropy" in label
+  readme = open(f"{study.REPO}/README.md").read()
+  results = readme[readme.index("## Results on Fashion-MNIST"):]
+  assert f"{100 * top1:.1f}%" in results.split("\n## ")[0]
