@@ -14,11 +14,16 @@ import time
 
 from absl import app, flags, logging
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from configs import base
-from supcon_jax import augment, input_pipeline
+from supcon_jax import console
+
+console.import_tensorflow_quietly()  # before TensorFlow is imported below
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from configs import base  # noqa: E402
+from supcon_jax import augment, input_pipeline  # noqa: E402
 
 _SECONDS = flags.DEFINE_float("seconds", 10.0, "Measuring time per row, after warm-up.")
 _POLICIES = flags.DEFINE_list("policies", list(augment.POLICIES), "Policies to measure.")

@@ -17,7 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
-from supcon_jax import experiment, sharding, train
+from supcon_jax import console
+
+console.import_tensorflow_quietly()  # before the modules below import it
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from supcon_jax import experiment, sharding, train  # noqa: E402
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
 PEAK_FLOPS = {

@@ -1,5 +1,7 @@
 """bench.study: the flags each run gets, the plot, and one tiny study end to end."""
+import importlib
 import json
+import re
 import subprocess
 import sys
 
@@ -72,10 +74,22 @@ def test_a_tiny_study_end_to_end_then_resumes_without_rerunning(fashion_mnist_di
   assert other.returncode != 0 and "use another --output" in other.stderr
 
 
-def test_the_default_quotes_the_cross_entropy_figure_the_readme_reports():
-  from configs import fashion_mnist
-  (label, top1), = fashion_mnist.get_config().probe.reference_top1
-  assert "cross-entropy" in label
+@pytest.mark.parametrize("name", ["fashion_mnist", "fashion_mnist_long"])
+def test_quoted_reference_figures_are_the_committed_studys(name):
+  """Each figure a config prints on its Compare: line is the committed study's run of the
+  method and budget its label names ("N epochs", or "same budget" as the config's), and the
+  README's results quote it."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  with open(f"{study.REPO}/bench/results/fashion_mnist_study.json") as f:
+    runs = json.load(f)["runs"]
   readme = open(f"{study.REPO}/README.md").read()
-  results = readme[readme.index("## Results on Fashion-MNIST"):]
-  assert f"{100 * top1:.1f}%" in results.split("\n## ")[0]
+  results = readme[readme.index("## Results on Fashion-MNIST"):].split("\n## ")[0]
+  assert config.probe.reference_top1
+  for label, top1 in config.probe.reference_top1:
+    method, = (m for m, name_ in study.LABELS.items() if name_ in label)
+    budget = re.search(r"([\d.]+) epochs", label)
+    assert budget or "same budget" in label, label
+    epochs = float(budget.group(1)) if budget else config.num_epochs
+    run, = (r for r in runs if (r["method"], r["epochs"]) == (method, epochs))
+    assert top1 == run["linear_top1"], (label, run)
+    assert f"{100 * top1:.1f}%" in results
