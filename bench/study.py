@@ -107,6 +107,7 @@ def plot(runs: list[dict], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   panels = (("epochs", "linear_top1", "pretraining epochs", "linear-probe top-1 (%)"),
             ("pretrain_seconds", "linear_top1", "pretraining wall-clock (min)",
              "linear-probe top-1 (%)"),
@@ -125,6 +126,11 @@ def plot(runs: list[dict], path: str) -> None:
     raw = [r["raw_pixel_linear_top1"] for r in runs if "raw_pixel_linear_top1" in r]
     if y_key == "linear_top1" and raw:
       ax.axhline(100 * raw[0], color="gray", linestyle="--", label="raw pixels")
+    # Budgets span ~30x (0.5 to 16 epochs): a log axis keeps the short runs apart.
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    if x_key == "epochs":
+      ax.set_xticks(sorted({r["epochs"] for r in runs}))
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.grid(alpha=0.3)
