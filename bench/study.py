@@ -14,9 +14,9 @@ on. --split=test trains on all 60,000 and scores on the test set, once per final
 
 Writes OUTPUT/results.json (every run's figures and commands, the study's commands, the
 machine) and OUTPUT/study.png (linear-probe top-1 against epochs and against wall-clock, ECE,
-and mean top-1 under corruptions). A run already in results.json is not run again, so an interrupted study
-resumes where it stopped (an unfinished run starts over), and a later invocation with other
---methods or --epochs adds its runs to the same results and plot.
+and mean top-1 under corruptions). A run already in results.json is not run again, so an
+interrupted study resumes where it stopped (an unfinished run starts over), and a later
+invocation with other --methods or --epochs adds its runs to the same results and plot.
 """
 import json
 import os
@@ -149,7 +149,7 @@ def main(argv):
   epochs = [float(e) for e in FLAGS.epochs]
   os.makedirs(FLAGS.output, exist_ok=True)
   results_path = os.path.join(FLAGS.output, "results.json")
-  previous, previous_commands = {}, []
+  runs, commands = {}, []  # earlier invocations' runs stay in results.json and the plot
   if os.path.exists(results_path):
     with open(results_path) as f:
       saved = json.load(f)
@@ -158,11 +158,12 @@ def main(argv):
           f"{results_path} holds runs with --split={saved['split']} and overrides "
           f"{saved['overrides']}, not --split={FLAGS.split} and {FLAGS.override}: use another "
           "--output, or delete it to start over.")
-    previous = {(r["method"], r["epochs"]): r for r in saved["runs"]}
-    previous_commands = saved["commands"]
-  runs = dict(previous)  # earlier invocations' runs stay in results.json and the plot
+    runs = {(r["method"], r["epochs"]): r for r in saved["runs"]}
+    commands = saved["commands"]
   command = " ".join(["python -m bench.study"] + sys.argv[1:])
-  commands = previous_commands + ([command] if command not in previous_commands else [])
+  if command not in commands:
+    commands.append(command)
+  host = machine()
   for method in FLAGS.methods:
     for e in epochs:
       workdir = os.path.join(FLAGS.output, "runs", f"{method}_{e:g}ep")
@@ -174,11 +175,9 @@ def main(argv):
             f"{done['pretrain_seconds']:.0f} s, evaluation {done['eval_seconds']:.0f} s",
             flush=True)
       with open(results_path, "w") as f:
-        json.dump({"split": FLAGS.split, "overrides": FLAGS.override, "machine": machine(),
-                   "commands": commands, "runs": list(runs.values())},
-                  f, indent=2)
-  runs = list(runs.values())
-  plot(runs, os.path.join(FLAGS.output, "study.png"))
+        json.dump({"split": FLAGS.split, "overrides": FLAGS.override, "machine": host,
+                   "commands": commands, "runs": list(runs.values())}, f, indent=2)
+  plot(list(runs.values()), os.path.join(FLAGS.output, "study.png"))
   print(f"Wrote {results_path} and {os.path.join(FLAGS.output, 'study.png')}.")
 
 
